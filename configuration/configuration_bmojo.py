@@ -1,0 +1,223 @@
+"""Configuration of B'MOJO models (Zancato et al., "B'MOJO: Hybrid State Space Realizations of
+Foundation Models with Eidetic and Fading Memory", NeurIPS 2024, arXiv 2407.06324).
+
+One config describes B'MOJO and every baseline of the paper: `mixer_types` picks, per layer, a
+B'MOJO mixer, a Mamba-2 mixer, sliding-window attention or full causal attention.
+"""
+
+from transformers import PretrainedConfig
+
+MIXER_TYPES = ("bmojo", "mamba2", "sliding_attention", "full_attention")
+# transformers validates `layer_types` against its own names; these are the nearest ones.
+_HF_LAYER_TYPE = {
+    "bmojo": "hybrid_sliding",
+    "mamba2": "linear_attention",
+    "sliding_attention": "sliding_attention",
+    "full_attention": "full_attention",
+}
+
+
+def _check_int(name, value, low, high=None, allow_none=False):
+    if value is None and allow_none:
+        return
+    bad = isinstance(value, bool) or not isinstance(value, int) or value < low
+    if not bad and high is not None and value > high:
+        bad = True
+    if bad:
+        upper = "" if high is None else f" and <= {high}"
+        none = " (or None)" if allow_none else ""
+        raise ValueError(f"BMojoConfig.{name} must be an integer >= {low}{upper}{none}, got {value!r}")
+
+
+def _check_float(name, value, low, high=None, low_open=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bound = f"> {low}" if low_open else f">= {low}"
+        upper = "" if high is None else f" and <= {high}"
+        raise ValueError(f"BMojoConfig.{name} must be a number {bound}{upper}, got {value!r}")
+
+
+class BMojoConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`BMojoForCausalLM`].
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to 50280): number of token ids.
+        hidden_size (`int`, *optional*, defaults to 768): width of the residual stream.
+        intermediate_size (`int`, *optional*, defaults to 2048): width of the SwiGLU MLP.
+        num_hidden_layers (`int`, *optional*, defaults to 12): number of blocks.
+        mixer_types (`list[str]`, *optional*): one of `"bmojo"`, `"mamba2"`, `"sliding_attention"`,
+            `"full_attention"` per layer. Defaults to all `"bmojo"`.
+        num_attention_heads (`int`, *optional*, defaults to 12): query heads.
+        num_key_value_heads (`int`, *optional*): key/value heads (GQA); defaults to `num_attention_heads`.
+        head_dim (`int`, *optional*): defaults to `hidden_size // num_attention_heads`.
+        qk_norm (`bool`, *optional*, defaults to `False`): RMSNorm on queries and keys per head.
+        window_size (`int`, *optional*, defaults to 512): w, the sliding window and the eidetic chunk length.
+        fading_tokens (`int`, *optional*): n_f, length of the fading band ("hollow window"); defaults to w.
+        tie_fading_projections (`bool`, *optional*, defaults to `True`): fading keys/values use the K/V projections.
+        eidetic_tokens_per_chunk (`int`, *optional*, defaults to 32): n_e candidates each chunk proposes.
+        eidetic_capacity (`int` or `None`, *optional*, defaults to 512): M_e, size of the eidetic store;
+            0 gives B'MOJO-F, `None` an unbounded store.
+        innovation_loss_weight (`float`, *optional*, defaults to 0.01): weight of the innovation predictor loss.
+        rope_theta (`float`, *optional*, defaults to 10000.0): RoPE base.
+        ssm_state_size (`int`, *optional*, defaults to 128): N, the SSM state per head.
+        ssm_head_dim (`int`, *optional*, defaults to 64): P, the SSM head width.
+        ssm_expand (`int`, *optional*, defaults to 2): SSM inner width = ssm_expand * hidden_size.
+        ssm_n_groups (`int`, *optional*, defaults to 1): groups sharing B and C.
+        conv_kernel (`int`, *optional*, defaults to 4): causal depthwise convolution length.
+        ssm_chunk_size (`int`, *optional*, defaults to 128): chunk length of the SSD scan.
+        dt_min, dt_max, dt_init_floor (`float`): Mamba-2 initialisation range of the step size.
+        rms_norm_eps (`float`, *optional*, defaults to 1e-5), initializer_range (`float`, defaults to 0.02).
+        use_kernels (`"auto"`, `True` or `False`): Triton kernels on CUDA (`"auto"`), always, or never.
+    """
+
+    model_type = "bmojo"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size=50280,
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        mixer_types=None,
+        num_attention_heads=12,
+        num_key_value_heads=None,
+        head_dim=None,
+        qk_norm=False,
+        window_size=512,
+        fading_tokens=None,
+        tie_fading_projections=True,
+        eidetic_tokens_per_chunk=32,
+        eidetic_capacity=512,
+        innovation_loss_weight=0.01,
+        rope_theta=10000.0,
+        ssm_state_size=128,
+        ssm_head_dim=64,
+        ssm_expand=2,
+        ssm_n_groups=1,
+        conv_kernel=4,
+        ssm_chunk_size=128,
+        dt_min=0.001,
+        dt_max=0.1,
+        dt_init_floor=1e-4,
+        rms_norm_eps=1e-5,
+        initializer_range=0.02,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        use_kernels="auto",
+        use_cache=True,
+        **kwargs,
+    ):
+        kwargs.pop("layer_types", None)  # derived from mixer_types, never stored twice
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.mixer_types = list(mixer_types) if mixer_types is not None else ["bmojo"] * num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
+        self.head_dim = head_dim
+        if head_dim is None and isinstance(hidden_size, int) and isinstance(num_attention_heads, int):
+            self.head_dim = hidden_size // max(num_attention_heads, 1)
+        self.qk_norm = qk_norm
+        self.window_size = window_size
+        self.fading_tokens = window_size if fading_tokens is None else fading_tokens
+        self.tie_fading_projections = tie_fading_projections
+        self.eidetic_tokens_per_chunk = eidetic_tokens_per_chunk
+        self.eidetic_capacity = eidetic_capacity
+        self.innovation_loss_weight = innovation_loss_weight
+        self.rope_theta = rope_theta
+        self.ssm_state_size = ssm_state_size
+        self.ssm_head_dim = ssm_head_dim
+        self.ssm_expand = ssm_expand
+        self.ssm_n_groups = ssm_n_groups
+        self.conv_kernel = conv_kernel
+        self.ssm_chunk_size = ssm_chunk_size
+        self.dt_min = dt_min
+        self.dt_max = dt_max
+        self.dt_init_floor = dt_init_floor
+        self.rms_norm_eps = rms_norm_eps
+        self.initializer_range = initializer_range
+        self.use_kernels = use_kernels
+        self.use_cache = use_cache
+        self._validate()
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+    def _validate(self):
+        _check_int("vocab_size", self.vocab_size, 1)
+        _check_int("hidden_size", self.hidden_size, 1)
+        _check_int("intermediate_size", self.intermediate_size, 1)
+        _check_int("num_hidden_layers", self.num_hidden_layers, 1)
+        if len(self.mixer_types) != self.num_hidden_layers:
+            raise ValueError(
+                f"BMojoConfig.mixer_types must have one entry per layer (num_hidden_layers="
+                f"{self.num_hidden_layers}), got {len(self.mixer_types)} entries"
+            )
+        for i, kind in enumerate(self.mixer_types):
+            if kind not in MIXER_TYPES:
+                raise ValueError(f"BMojoConfig.mixer_types[{i}] must be one of {MIXER_TYPES}, got {kind!r}")
+        _check_int("num_attention_heads", self.num_attention_heads, 1)
+        _check_int("num_key_value_heads", self.num_key_value_heads, 1, self.num_attention_heads)
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"BMojoConfig.num_key_value_heads must divide num_attention_heads={self.num_attention_heads}, "
+                f"got {self.num_key_value_heads}"
+            )
+        _check_int("head_dim", self.head_dim, 2)
+        if self.head_dim % 2:
+            raise ValueError(f"BMojoConfig.head_dim must be even (RoPE rotates pairs), got {self.head_dim}")
+        _check_int("window_size", self.window_size, 1)
+        _check_int("fading_tokens", self.fading_tokens, 0)
+        _check_int("eidetic_tokens_per_chunk", self.eidetic_tokens_per_chunk, 0, self.window_size)
+        _check_int("eidetic_capacity", self.eidetic_capacity, 0, allow_none=True)
+        _check_float("innovation_loss_weight", self.innovation_loss_weight, 0.0)
+        _check_float("rope_theta", self.rope_theta, 1.0, low_open=True)
+        _check_int("ssm_state_size", self.ssm_state_size, 1)
+        _check_int("ssm_head_dim", self.ssm_head_dim, 1)
+        _check_int("ssm_expand", self.ssm_expand, 1)
+        _check_int("ssm_n_groups", self.ssm_n_groups, 1)
+        if (self.ssm_expand * self.hidden_size) % self.ssm_head_dim:
+            raise ValueError(
+                f"BMojoConfig.ssm_head_dim must divide ssm_expand * hidden_size = "
+                f"{self.ssm_expand * self.hidden_size}, got {self.ssm_head_dim}"
+            )
+        if self.ssm_num_heads % self.ssm_n_groups:
+            raise ValueError(
+                f"BMojoConfig.ssm_n_groups must divide the number of SSM heads ({self.ssm_num_heads}), "
+                f"got {self.ssm_n_groups}"
+            )
+        _check_int("conv_kernel", self.conv_kernel, 1)
+        _check_int("ssm_chunk_size", self.ssm_chunk_size, 1)
+        _check_float("dt_min", self.dt_min, 0.0, low_open=True)
+        _check_float("dt_max", self.dt_max, self.dt_min)
+        _check_float("dt_init_floor", self.dt_init_floor, 0.0, low_open=True)
+        _check_float("rms_norm_eps", self.rms_norm_eps, 0.0, low_open=True)
+        _check_float("initializer_range", self.initializer_range, 0.0, low_open=True)
+        if self.use_kernels not in ("auto", True, False):
+            raise ValueError(f'BMojoConfig.use_kernels must be "auto", True or False, got {self.use_kernels!r}')
+
+    @property
+    def ssm_inner_size(self):
+        return self.ssm_expand * self.hidden_size
+
+    @property
+    def ssm_num_heads(self):
+        return self.ssm_inner_size // self.ssm_head_dim
+
+    @property
+    def layer_types(self):
+        """Per-layer types under transformers' own names (for HF tooling that reads `layer_types`)."""
+        return [_HF_LAYER_TYPE[kind] for kind in self.mixer_types]

@@ -1,0 +1,69 @@
+"""Named presets: the paper's model sizes and, at each size, the baselines it compares against.
+
+`"<size>"` is B'MOJO; `"<family>-<size>"` picks a family. Every family is the same code with a
+different `mixer_types` list (the paper's point: Transformers, Mamba and hybrids are special cases).
+"""
+
+from .configuration_bmojo import BMojoConfig
+
+SIZES = {
+    # tiny: for tests; w = n_f = 8 and M_e = 16 so that short inputs cross chunks and fill the store.
+    "tiny": dict(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, window_size=8, fading_tokens=8, eidetic_tokens_per_chunk=4,
+        eidetic_capacity=16, ssm_state_size=8, ssm_head_dim=16, ssm_chunk_size=8,
+    ),
+    "130m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12),
+    "370m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16),
+    "790m": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+    "1.4b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16),
+}
+FAMILIES = ("bmojo", "bmojo-f", "transformer", "swa-transformer", "mamba2", "hybrid")
+
+
+def hybrid_mixer_types(num_layers):
+    """Jamba-style interleaving: one full-attention layer in four, the rest Mamba-2 (at least one attention)."""
+    kinds = ["full_attention" if (i + 1) % 4 == 0 else "mamba2" for i in range(num_layers)]
+    if "full_attention" not in kinds:
+        kinds[-1] = "full_attention"
+    return kinds
+
+
+def family_kwargs(family, num_layers):
+    if family == "bmojo":
+        return dict(mixer_types=["bmojo"] * num_layers)
+    if family == "bmojo-f":
+        return dict(mixer_types=["bmojo"] * num_layers, eidetic_capacity=0)
+    if family == "transformer":
+        return dict(mixer_types=["full_attention"] * num_layers)
+    if family == "swa-transformer":
+        return dict(mixer_types=["sliding_attention"] * num_layers)
+    if family == "mamba2":
+        return dict(mixer_types=["mamba2"] * num_layers)
+    if family == "hybrid":
+        return dict(mixer_types=hybrid_mixer_types(num_layers))
+    raise ValueError(f"preset family must be one of {FAMILIES}, got {family!r}")
+
+
+def preset_kwargs(name):
+    """Keyword arguments of `BMojoConfig` for a preset name such as `"tiny"`, `"130m"` or `"mamba2-370m"`."""
+    family, size = "bmojo", name
+    for fam in sorted(FAMILIES, key=len, reverse=True):
+        if name.startswith(fam + "-") and name[len(fam) + 1:] in SIZES:
+            family, size = fam, name[len(fam) + 1:]
+            break
+    if size not in SIZES:
+        names = sorted(SIZES) + [f"{f}-{s}" for f in FAMILIES for s in SIZES]
+        raise ValueError(f"preset name must be one of {names}, got {name!r}")
+    kwargs = dict(SIZES[size])
+    kwargs.update(family_kwargs(family, kwargs["num_hidden_layers"]))
+    return kwargs
+
+
+def preset_config(name, **overrides):
+    """A `BMojoConfig` from a preset name, with any field overridden."""
+    return BMojoConfig(**{**preset_kwargs(name), **overrides})
+
+
+def preset_names():
+    return sorted(SIZES) + [f"{f}-{s}" for f in FAMILIES for s in SIZES]

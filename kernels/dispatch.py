@@ -1,0 +1,39 @@
+"""Chooses an implementation for each op: Triton on CUDA when `use_kernels` allows it, else the
+plain-PyTorch reference. Every variant shares one signature, so callers never branch."""
+
+from .memory_attention.naive import memory_attention_chunked
+from .ssd.naive import ssd_chunked
+from .ssd.naive import ssd_step as _ssd_step_reference
+
+
+def triton_available():
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_triton(tensor, use_kernels):
+    """`use_kernels`: "auto" (Triton on CUDA if importable), True (require it), False (reference)."""
+    if use_kernels is False:
+        return False
+    ok = tensor.is_cuda and triton_available()
+    if use_kernels is True and not ok:
+        raise ValueError("use_kernels=True needs a CUDA tensor and an importable triton; "
+                         "set use_kernels='auto' or False to use the PyTorch reference")
+    return ok
+
+
+def ssd_scan(x, dt, A, B, C, chunk_size, D=None, initial_state=None, output_final_state=False, use_kernels="auto"):
+    # No Triton SSD kernel is registered yet: the chunked reference serves every device.
+    return ssd_chunked(x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state,
+                       output_final_state=output_final_state)
+
+
+def ssd_step(x, dt, A, B, C, state, D=None, use_kernels="auto"):
+    return _ssd_step_reference(x, dt, A, B, C, state, D=D)
+
+
+def memory_attention(q_rot, k, v, window, use_kernels="auto", **kwargs):
+    return memory_attention_chunked(q_rot, k, v, window, **kwargs)

@@ -1,0 +1,103 @@
+"""Mamba-2 state-space duality (SSD) scan in plain PyTorch: the definition our kernels must match.
+
+Dao & Gu, "Transformers are SSMs" (ICML 2024). Per head h, with a scalar decay per step:
+
+    S_t = exp(dt_t * A_h) * S_{t-1} + dt_t * x_t B_t^T          S_t: [P, N]
+    y_t = S_t C_t + D_h * x_t
+
+Shapes: x [B, T, H, P], dt [B, T, H] (after softplus, >= 0), A [H] (< 0), B and C [B, T, G, N]
+with G groups shared by H // G heads each, D [H] or None, state [B, H, P, N].
+Every function returns (y, final_state); final_state is None unless output_final_state.
+Computation is in float32; y comes back in x's dtype.
+"""
+
+import torch
+
+
+def _expand_groups(t, num_heads):
+    # (B, T, G, N) -> (B, T, H, N)
+    return t.repeat_interleave(num_heads // t.shape[2], dim=2)
+
+
+def ssd_recurrent(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False):
+    """Step-by-step recurrence: slow and obviously right."""
+    batch, seqlen, heads, headdim = x.shape
+    xf, dtf, Af = x.float(), dt.float(), A.float()
+    Bh, Ch = _expand_groups(B.float(), heads), _expand_groups(C.float(), heads)
+    state = x.new_zeros(batch, heads, headdim, B.shape[-1], dtype=torch.float32)
+    if initial_state is not None:
+        state = initial_state.float().clone()
+    ys = []
+    for t in range(seqlen):
+        decay = torch.exp(dtf[:, t] * Af)  # (B, H)
+        update = torch.einsum("bhp,bhn->bhpn", xf[:, t] * dtf[:, t, :, None], Bh[:, t])
+        state = decay[:, :, None, None] * state + update
+        ys.append(torch.einsum("bhpn,bhn->bhp", state, Ch[:, t]))
+    y = torch.stack(ys, dim=1) if ys else xf.clone()
+    if D is not None:
+        y = y + xf * D.float()[:, None]
+    return y.to(x.dtype), (state if output_final_state else None)
+
+
+def ssd_step(x, dt, A, B, C, state, D=None):
+    """One decoding step. x [B, H, P], dt [B, H], B/C [B, G, N], state [B, H, P, N] (float32).
+
+    Returns (y [B, H, P], new_state)."""
+    heads = x.shape[1]
+    Bh = B.float().repeat_interleave(heads // B.shape[1], dim=1)
+    Ch = C.float().repeat_interleave(heads // C.shape[1], dim=1)
+    xf, dtf = x.float(), dt.float()
+    decay = torch.exp(dtf * A.float())
+    state = decay[:, :, None, None] * state + torch.einsum("bhp,bhn->bhpn", xf * dtf[..., None], Bh)
+    y = torch.einsum("bhpn,bhn->bhp", state, Ch)
+    if D is not None:
+        y = y + xf * D.float()[:, None]
+    return y.to(x.dtype), state
+
+
+def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, output_final_state=False):
+    """The chunked matmul form: quadratic attention-like products inside chunks of `chunk_size`,
+    a linear recurrence over chunk states between them. Same function as `ssd_recurrent`."""
+    batch, seqlen, heads, headdim = x.shape
+    pad = (-seqlen) % chunk_size
+    xf, dtf = x.float(), dt.float()
+    Bh, Ch = _expand_groups(B.float(), heads), _expand_groups(C.float(), heads)
+    if pad:
+        # dt = 0 on padding: no decay and no input, so the final state is the state at seqlen.
+        xf = torch.nn.functional.pad(xf, (0, 0, 0, 0, 0, pad))
+        dtf = torch.nn.functional.pad(dtf, (0, 0, 0, pad))
+        Bh = torch.nn.functional.pad(Bh, (0, 0, 0, 0, 0, pad))
+        Ch = torch.nn.functional.pad(Ch, (0, 0, 0, 0, 0, pad))
+    nchunks = xf.shape[1] // chunk_size
+    shape = (batch, nchunks, chunk_size, heads)
+    xdt = (xf * dtf[..., None]).reshape(*shape, headdim)  # (B, C, Q, H, P)
+    Bc, Cc = Bh.reshape(*shape, -1), Ch.reshape(*shape, -1)  # (B, C, Q, H, N)
+    log_decay = (dtf * A.float()).reshape(shape).permute(0, 3, 1, 2)  # (B, H, C, Q)
+    cum = torch.cumsum(log_decay, dim=-1)
+
+    # Inside a chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cum_i - cum_j) dt_j x_j
+    seg = cum[..., :, None] - cum[..., None, :]  # (B, H, C, Q, Q)
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=x.device).tril()
+    decay_ij = torch.exp(seg.masked_fill(~causal, float("-inf")))
+    scores = torch.einsum("bcihn,bcjhn->bhcij", Cc, Bc) * decay_ij
+    y = torch.einsum("bhcij,bcjhp->bcihp", scores, xdt)
+
+    # State each chunk adds, decayed to the chunk's end.
+    to_end = torch.exp(cum[..., -1:] - cum)  # (B, H, C, Q)
+    chunk_states = torch.einsum("bcjhn,bhcj,bcjhp->bchpn", Bc, to_end, xdt)
+    chunk_decay = torch.exp(cum[..., -1])  # (B, H, C)
+    state = x.new_zeros(batch, heads, headdim, Bc.shape[-1], dtype=torch.float32)
+    if initial_state is not None:
+        state = initial_state.float()
+    entering = []
+    for c in range(nchunks):
+        entering.append(state)
+        state = chunk_decay[:, :, c, None, None] * state + chunk_states[:, c]
+    entering = torch.stack(entering, dim=1)  # (B, C, H, P, N)
+
+    # Contribution of the state entering each chunk.
+    y = y + torch.einsum("bcihn,bchpn,bhci->bcihp", Cc, entering, torch.exp(cum))
+    y = y.reshape(batch, nchunks * chunk_size, heads, headdim)[:, :seqlen]
+    if D is not None:
+        y = y + x.float() * D.float()[:, None]
+    return y.to(x.dtype), (state if output_final_state else None)

@@ -1,0 +1,5 @@
+from .cache import BMojoCache
+from .modeling import BMojoCausalLMOutput, BMojoForCausalLM, BMojoModel, BMojoModelOutput, BMojoPreTrainedModel
+
+__all__ = ["BMojoCache", "BMojoCausalLMOutput", "BMojoForCausalLM", "BMojoModel", "BMojoModelOutput",
+           "BMojoPreTrainedModel"]

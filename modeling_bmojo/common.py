@@ -1,0 +1,53 @@
+"""Pieces every mixer uses: RMSNorm, rotary embeddings, and gathering the last tokens of each row."""
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich, 2019), computed in float32."""
+
+    def __init__(self, size, eps=1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight * xf.to(self.weight.dtype)).to(x.dtype)
+
+
+def apply_rope(x, positions, theta):
+    """Rotary embedding (Su et al., 2021), rotate-half layout. x [B, T, H, D], positions [B, T] int."""
+    dim = x.shape[-1]
+    inv_freq = theta ** (-torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim)
+    angles = positions.float()[..., None] * inv_freq  # (B, T, D/2)
+    cos, sin = angles.cos()[:, :, None], angles.sin()[:, :, None]  # (B, T, 1, D/2)
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def gather_last(x, lengths, count):
+    """The `count` entries ending at each row's length: x [B, T, ...], lengths [B] -> ([B, count, ...], valid [B, count]).
+
+    Row b gets positions lengths[b]-count .. lengths[b]-1; positions before 0 read zeros and are invalid."""
+    idx = lengths[:, None] - count + torch.arange(count, device=x.device)[None, :]  # (B, count)
+    valid = idx >= 0
+    flat = idx.clamp(min=0).reshape(x.shape[0], count, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    out = torch.gather(x, 1, flat)
+    return out * valid.reshape(*valid.shape, *([1] * (x.dim() - 2))).to(out.dtype), valid
+
+
+def push(buffer, new, valid_row):
+    """Append one entry per row to a fixed-length FIFO, only for rows where valid_row.
+
+    buffer [B, S, ...], new [B, ...], valid_row [B] bool."""
+    shifted = torch.cat([buffer[:, 1:], new[:, None].to(buffer.dtype)], dim=1)
+    keep = valid_row.reshape(-1, *([1] * (buffer.dim() - 1)))
+    return torch.where(keep, shifted, buffer)
+
+
+def where_rows(valid_row, new, old):
+    """Per-row select between two batch-first tensors."""
+    return torch.where(valid_row.reshape(-1, *([1] * (new.dim() - 1))), new, old)

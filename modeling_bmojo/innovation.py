@@ -1,0 +1,110 @@
+"""Innovation selection (B'MOJO Sec. 3.2): which old tokens the eidetic store keeps.
+
+A linear predictor reads the fading memory f_{t-1} and guesses the key k_t; tokens it predicts badly
+(high innovation e_t = ||k_t - k̂_t||^2 / d_k) are the ones the SSM state cannot hold, so they are kept
+verbatim. The predictor learns from an auxiliary loss with k_t detached; selection itself is discrete.
+
+Sets of tokens (the store, the previous and current chunk's candidates) are dicts of tensors:
+s [B, S] scores (-inf when empty), p [B, S] positions, k and v [B, S, Hkv, D].
+"""
+
+import torch
+from torch import nn
+
+from ..kernels.innovation.naive import EMPTY, chunk_candidates, eidetic_stores, innovation_scores, merge_sets
+from .common import where_rows
+
+SET_NAMES = ("store", "prev", "cur")
+
+
+class InnovationPredictor(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=True)
+
+    def forward(self, fading_prev, keys):
+        """fading_prev [B, T, d] (f_{t-1}), keys [B, T, Hkv, D] -> innovation e [B, T] (grad to the predictor)."""
+        predicted = self.proj(fading_prev).reshape(*keys.shape)
+        return innovation_scores(keys.detach(), predicted)
+
+
+def gather_tokens(x, pos):
+    """x [B, T, Hkv, D], pos [B, ...] (EMPTY allowed) -> [B, ..., Hkv, D] (empty slots read position 0)."""
+    batch = x.shape[0]
+    flat = pos.clamp(max=x.shape[1] - 1).reshape(batch, -1)
+    out = torch.gather(x, 1, flat[..., None, None].expand(-1, -1, *x.shape[2:]))
+    return out.reshape(*pos.shape, *x.shape[2:])
+
+
+def parallel_eidetic(scores, real, keys, values, window, per_chunk, capacity):
+    """Stores for every chunk from one sequence. scores/real [B, T]; keys/values [B, T, Hkv, D] (pre-RoPE).
+
+    Returns (store keys [B, NC, M, Hkv, D], values, valid [B, NC, M], candidates (s, p) [B, NC, n_e],
+    stores (s, p) [B, NC, M])."""
+    cand_s, cand_p = chunk_candidates(scores, real, window, per_chunk)
+    store_s, store_p = eidetic_stores(cand_s, cand_p, capacity)
+    return (gather_tokens(keys, store_p), gather_tokens(values, store_p), ~torch.isneginf(store_s),
+            (cand_s, cand_p), (store_s, store_p))
+
+
+def empty_set(batch, size, like):
+    """An empty token set with keys/values shaped like `like` [B, *, Hkv, D]."""
+    return {
+        "s": torch.full((batch, size), float("-inf"), device=like.device),
+        "p": torch.full((batch, size), EMPTY, dtype=torch.long, device=like.device),
+        "k": like.new_zeros(batch, size, *like.shape[-2:]),
+        "v": like.new_zeros(batch, size, *like.shape[-2:]),
+    }
+
+
+def merge(a, b, size):
+    """Best `size` tokens of two sets (all of them when size is None)."""
+    s, p, pick = merge_sets(a["s"], a["p"], b["s"], b["p"], size)
+    idx = pick[..., None, None]
+
+    def take(name):
+        both = torch.cat([a[name], b[name]], dim=1)
+        return torch.gather(both, 1, idx.expand(-1, -1, *both.shape[2:]))
+
+    return {"s": s, "p": p, "k": take("k"), "v": take("v")}
+
+
+def select_rows(valid_row, new, old):
+    return {name: where_rows(valid_row, new[name], old[name]) for name in new}
+
+
+def chunk_slice(x, chunk, fill):
+    """Row b's entry x[b, chunk[b]] (x [B, NC, ...]), or `fill` where chunk[b] is out of range."""
+    nchunks = x.shape[1]
+    ok = (chunk >= 0) & (chunk < nchunks)
+    idx = chunk.clamp(0, nchunks - 1).reshape(-1, 1, *([1] * (x.dim() - 2))).expand(-1, 1, *x.shape[2:])
+    picked = torch.gather(x, 1, idx)[:, 0]
+    return where_rows(ok, picked, torch.full_like(picked, fill))
+
+
+def sets_after_prefill(lengths, window, cands, stores, keys, values):
+    """The store, previous and current candidate sets a token-by-token run would hold after `lengths` tokens."""
+    last_chunk = torch.div(lengths - 1, window, rounding_mode="floor")
+    out = {}
+    for name, (s_all, p_all), chunk in (("store", stores, last_chunk), ("prev", cands, last_chunk - 1),
+                                        ("cur", cands, last_chunk)):
+        s = chunk_slice(s_all, chunk, float("-inf"))
+        p = chunk_slice(p_all, chunk, EMPTY).masked_fill(torch.isneginf(s), EMPTY)
+        out[name] = {"s": s, "p": p, "k": gather_tokens(keys, p), "v": gather_tokens(values, p)}
+    return out
+
+
+def step_sets(sets, token, at_boundary, valid, capacity, per_chunk):
+    """Advance the sets by one token. token: a one-entry set; at_boundary [B]: the token opens a new chunk."""
+    store, prev, cur = sets["store"], sets["prev"], sets["cur"]
+    batch = cur["s"].shape[0]
+    none = empty_set(batch, prev["s"].shape[1], prev["k"])
+    # Entering chunk c: chunk c-2's candidates join the store, chunk c-1's wait one more chunk.
+    store = merge(store, select_rows(at_boundary, prev, none), capacity)
+    prev = select_rows(at_boundary, cur, prev)
+    cur = select_rows(at_boundary, empty_set(batch, cur["s"].shape[1], cur["k"]), cur)
+    nothing = empty_set(batch, 1, token["k"])
+    cur = merge(cur, select_rows(valid, token, nothing), per_chunk)
+    return {"store": store, "prev": prev, "cur": cur}

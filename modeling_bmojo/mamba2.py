@@ -1,0 +1,98 @@
+"""The Mamba-2 mixer (Dao & Gu, "Transformers are SSMs", 2024): B'MOJO's fading memory.
+
+x -> in_proj -> (z, xBC, dt); xBC -> causal depthwise conv -> SiLU -> (x, B, C);
+y = SSD(x, softplus(dt + dt_bias), -exp(A_log), B, C) + D x;  out = out_proj(RMSNorm(y * SiLU(z))).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels.dispatch import ssd_scan, ssd_step
+from .common import RMSNorm, gather_last, where_rows
+
+
+def ssm_init_values(config, heads):
+    """Mamba-2 initialisation: (dt_bias, A_log, D) with dt log-uniform in [dt_min, dt_max], A in [1, 16], D = 1."""
+    log_lo, log_hi = math.log(config.dt_min), math.log(config.dt_max)
+    dt = torch.exp(torch.rand(heads) * (log_hi - log_lo) + log_lo).clamp(min=config.dt_init_floor)
+    dt_bias = dt + torch.log(-torch.expm1(-dt))  # inverse of softplus
+    return dt_bias, torch.log(torch.empty(heads).uniform_(1, 16)), torch.ones(heads)
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.inner = config.ssm_inner_size
+        self.heads = config.ssm_num_heads
+        self.head_dim = config.ssm_head_dim
+        self.groups = config.ssm_n_groups
+        self.state_size = config.ssm_state_size
+        self.kernel = config.conv_kernel
+        self.chunk_size = config.ssm_chunk_size
+        self.conv_dim = self.inner + 2 * self.groups * self.state_size
+        self.in_proj = nn.Linear(self.hidden_size, self.inner + self.conv_dim + self.heads, bias=False)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.kernel, groups=self.conv_dim,
+                                padding=self.kernel - 1, bias=True)
+        self.dt_bias = nn.Parameter(torch.zeros(self.heads))
+        self.A_log = nn.Parameter(torch.zeros(self.heads))
+        self.D = nn.Parameter(torch.ones(self.heads))
+        self.norm = RMSNorm(self.inner, eps=config.rms_norm_eps)
+        self.out_proj = nn.Linear(self.inner, self.hidden_size, bias=False)
+        self.use_kernels = config.use_kernels
+
+    def _split(self, projected):
+        z, xbc, dt = projected.split([self.inner, self.conv_dim, self.heads], dim=-1)
+        return z, xbc, dt
+
+    def _ssm_inputs(self, xbc):
+        x, b, c = xbc.split([self.inner, self.groups * self.state_size, self.groups * self.state_size], dim=-1)
+        shape = xbc.shape[:-1]
+        return (x.reshape(*shape, self.heads, self.head_dim),
+                b.reshape(*shape, self.groups, self.state_size),
+                c.reshape(*shape, self.groups, self.state_size))
+
+    def _output(self, y, z):
+        y = y.reshape(*z.shape)
+        return self.out_proj(self.norm(y * F.silu(z)))
+
+    def forward(self, hidden, lengths, state=None):
+        """hidden [B, T, d]; rows hold lengths[b] real tokens first, padding after.
+        Writes the recurrent state at each row's length into `state` when given."""
+        seqlen = hidden.shape[1]
+        z, xbc, dt = self._split(self.in_proj(hidden))
+        xbc_conv = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :seqlen].transpose(1, 2))  # (B, T, C)
+        x, b, c = self._ssm_inputs(xbc_conv)
+        real = torch.arange(seqlen, device=hidden.device)[None, :] < lengths[:, None]
+        # dt = 0 on padding: the state is neither decayed nor fed there.
+        dt = F.softplus(dt.float() + self.dt_bias.float()) * real[..., None]
+        A = -torch.exp(self.A_log.float())
+        y, final = ssd_scan(x, dt, A, b, c, self.chunk_size, D=self.D, output_final_state=state is not None,
+                            use_kernels=self.use_kernels)
+        if state is not None:
+            conv, _ = gather_last(xbc, lengths, self.kernel - 1)  # (B, k-1, C)
+            state["conv"] = conv.transpose(1, 2).contiguous()
+            state["ssm"] = final
+        return self._output(y, z)
+
+    def empty_state(self, batch, device, dtype):
+        return {
+            "conv": torch.zeros(batch, self.conv_dim, self.kernel - 1, device=device, dtype=dtype),
+            "ssm": torch.zeros(batch, self.heads, self.head_dim, self.state_size, device=device, dtype=torch.float32),
+        }
+
+    def step(self, hidden, valid, state):
+        """One token per row: hidden [B, d], valid [B] bool. Updates state for valid rows only."""
+        z, xbc, dt = self._split(self.in_proj(hidden))
+        window = torch.cat([state["conv"], xbc[:, :, None].to(state["conv"].dtype)], dim=-1)  # (B, C, k)
+        conv = (window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias
+        x, b, c = self._ssm_inputs(F.silu(conv).to(hidden.dtype))
+        dt = F.softplus(dt.float() + self.dt_bias.float())
+        A = -torch.exp(self.A_log.float())
+        y, ssm = ssd_step(x, dt, A, b, c, state["ssm"], D=self.D, use_kernels=self.use_kernels)
+        state["conv"] = where_rows(valid, window[..., 1:], state["conv"])
+        state["ssm"] = where_rows(valid, ssm, state["ssm"])
+        return self._output(y, z)

@@ -1,0 +1,247 @@
+"""B'MOJO language model on the Hugging Face contract: blocks, `BMojoModel`, `BMojoForCausalLM`.
+
+Block: x -> x + Mixer(RMSNorm(x)) -> h + SwiGLU(RMSNorm(h)). The mixer of layer i is
+`config.mixer_types[i]`: B'MOJO, Mamba-2, sliding-window or full attention (DESIGN.md §2).
+
+Two forms of one function (DESIGN.md §4): an empty cache runs the parallel form over the whole
+input (padding moved behind each row's real tokens, so every row's chunks start at its own first
+token); a filled cache runs the recurrent form one token at a time.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from ..configuration.configuration_bmojo import BMojoConfig
+from .attention import Attention, BMojoMixer
+from .cache import BMojoCache, check_cache, empty_lengths
+from .common import RMSNorm
+from .inputs import check_inputs, left_justify_order
+from .mamba2 import Mamba2Mixer, ssm_init_values
+
+
+@dataclass
+class BMojoModelOutput(BaseModelOutputWithPast):
+    """`innovation_loss`: the weighted innovation-predictor loss, averaged over B'MOJO layers."""
+
+    innovation_loss: torch.FloatTensor | None = None
+
+
+@dataclass
+class BMojoCausalLMOutput(CausalLMOutputWithPast):
+    """`loss` = LM loss + `innovation_loss` when labels are given."""
+
+    innovation_loss: torch.FloatTensor | None = None
+
+
+class BMojoMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def build_mixer(config, kind):
+    if kind == "bmojo":
+        return BMojoMixer(config)
+    if kind == "mamba2":
+        return Mamba2Mixer(config)
+    return Attention(config, config.window_size if kind == "sliding_attention" else None)
+
+
+class BMojoDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.kind = config.mixer_types[layer_idx]
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mixer = build_mixer(config, self.kind)
+        self.post_mixer_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = BMojoMLP(config)
+
+    def forward(self, hidden, lengths, state=None):
+        out = self.mixer(self.input_norm(hidden), lengths, state)
+        out, aux = out if isinstance(out, tuple) else (out, hidden.new_zeros((), dtype=torch.float32))
+        hidden = hidden + out
+        return hidden + self.mlp(self.post_mixer_norm(hidden)), aux
+
+    def step(self, hidden, pos, valid, state):
+        if isinstance(self.mixer, Mamba2Mixer):
+            out = self.mixer.step(self.input_norm(hidden), valid, state)
+        else:
+            out = self.mixer.step(self.input_norm(hidden), pos, valid, state)
+        hidden = hidden + out
+        return hidden + self.mlp(self.post_mixer_norm(hidden))
+
+
+class BMojoPreTrainedModel(PreTrainedModel):
+    config_class = BMojoConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BMojoDecoderLayer"]
+    _is_stateful = True  # assisted decoding would need to roll the SSM state back: refused by generate()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv1d):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            init.zeros_(module.bias)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, Mamba2Mixer):
+            dt_bias, a_log, d = ssm_init_values(self.config, module.heads)
+            init.copy_(module.dt_bias, dt_bias)
+            init.copy_(module.A_log, a_log)
+            init.copy_(module.D, d)
+
+
+class BMojoModel(BMojoPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([BMojoDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, use_cache=None, output_hidden_states=None, return_dict=None, **kwargs):
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if past_key_values is not None:
+            check_cache(past_key_values, self.config)
+        elif use_cache:
+            past_key_values = BMojoCache(self.config)
+        mask = check_inputs(self.config, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else False
+        if past_key_values is None or past_key_values.is_empty:
+            hidden, all_hidden, aux = self._parallel(inputs_embeds, mask, past_key_values, output_hidden_states)
+        else:
+            hidden, all_hidden, aux = self._recurrent(inputs_embeds, mask, past_key_values, output_hidden_states)
+        if past_key_values is not None:
+            past_key_values.seen_tokens += inputs_embeds.shape[1]
+        return BMojoModelOutput(last_hidden_state=hidden, past_key_values=past_key_values if use_cache else None,
+                                hidden_states=all_hidden, innovation_loss=aux)
+
+    def _parallel(self, hidden, mask, cache, output_hidden_states):
+        lengths = mask.sum(dim=1)
+        order = left_justify_order(mask)  # None when every row already starts with its real tokens
+
+        def restore(h):  # back to the caller's column order
+            return h if order is None else torch.empty_like(h).scatter_(1, order[..., None].expand_as(h), h)
+
+        if order is not None:
+            hidden = torch.gather(hidden, 1, order[..., None].expand_as(hidden))
+        if cache is not None:
+            cache.start(lengths)
+        all_hidden = [restore(hidden)] if output_hidden_states else None
+        aux_terms = []
+        for i, layer in enumerate(self.layers):
+            state = {} if cache is not None else None
+            hidden, aux = layer(hidden, lengths, state)
+            if cache is not None:
+                cache.states[i] = {name: t.detach() for name, t in state.items()}
+            if layer.kind == "bmojo":
+                aux_terms.append(aux)
+            if output_hidden_states:
+                all_hidden.append(restore(hidden))
+        hidden = restore(self.norm(hidden))
+        if output_hidden_states:
+            all_hidden[-1] = hidden
+        return hidden, all_hidden, self._innovation_loss(aux_terms, hidden)
+
+    def _recurrent(self, hidden, mask, cache, output_hidden_states):
+        new = hidden.shape[1]
+        mask = mask[:, -new:]
+        outputs, per_layer = [], [[] for _ in range(len(self.layers) + 1)]
+        for t in range(new):
+            valid = mask[:, t]
+            h = hidden[:, t]
+            per_layer[0].append(h)
+            for i, layer in enumerate(self.layers):
+                if cache.states[i] is None:
+                    cache.states[i] = layer.mixer.empty_state(h.shape[0], h.device, h.dtype)
+                h = layer.step(h, cache.lengths, valid, cache.states[i])
+                per_layer[i + 1].append(h)
+            cache.lengths = cache.lengths + valid.long()
+            outputs.append(self.norm(h))
+        hidden = torch.stack(outputs, dim=1)
+        all_hidden = None
+        if output_hidden_states:
+            all_hidden = [torch.stack(hs, dim=1) for hs in per_layer]
+            all_hidden[-1] = hidden
+        return hidden, all_hidden, hidden.new_zeros((), dtype=torch.float32)
+
+    def _innovation_loss(self, terms, like):
+        if not terms:
+            return like.new_zeros((), dtype=torch.float32)
+        return self.config.innovation_loss_weight * torch.stack(terms).mean()
+
+
+class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = BMojoModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        # generate() would build a DynamicCache; a B'MOJO model needs its own cache.
+        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
+            model_kwargs["past_key_values"] = BMojoCache(self.config)
+            return
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None, return_dict=None,
+                logits_to_keep=0, **kwargs):
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             output_hidden_states=output_hidden_states)
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else slice(None)
+        logits = self.lm_head(hidden[:, keep])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.vocab_size, **kwargs) + outputs.innovation_loss
+        out = BMojoCausalLMOutput(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                  hidden_states=outputs.hidden_states, innovation_loss=outputs.innovation_loss)
+        return out if return_dict is not False else out.to_tuple()
