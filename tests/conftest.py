@@ -1,0 +1,44 @@
+"""Shared fixtures. Every test runs with `torch.empty*` returning NaN-filled float tensors, so code that
+reads memory it never wrote fails loudly instead of passing by luck (as fla's test suite does)."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import bmojo  # noqa: E402  (registers the Auto classes)
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _poisoned(factory):
+    def make(*args, **kwargs):
+        out = factory(*args, **kwargs)
+        if out.is_floating_point():
+            out.fill_(float("nan"))
+        return out
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def poison_empty(monkeypatch):
+    for name in ("empty", "empty_like"):
+        monkeypatch.setattr(torch, name, _poisoned(getattr(torch, name)))
+    yield
+
+
+def tiny_model(seed=0, **overrides):
+    """A tiny preset model with non-trivial weights (larger init so selection and attention matter)."""
+    torch.manual_seed(seed)
+    cfg = bmojo.preset_config("tiny", initializer_range=0.2, **overrides)
+    return bmojo.BMojoForCausalLM(cfg).eval()
+
+
+def random_ids(batch, length, seed=0, vocab=128):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (batch, length), generator=g)
