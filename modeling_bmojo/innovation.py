@@ -31,10 +31,11 @@ class InnovationPredictor(nn.Module):
 
 
 def gather_tokens(x, pos):
-    """x [B, T, Hkv, D], pos [B, ...] (EMPTY allowed) -> [B, ..., Hkv, D] (empty slots read position 0)."""
+    """x [B, T, Hkv, D], pos [B, ...] (EMPTY allowed) -> [B, ..., Hkv, D]; empty slots hold zeros."""
     batch = x.shape[0]
     flat = pos.clamp(max=x.shape[1] - 1).reshape(batch, -1)
     out = torch.gather(x, 1, flat[..., None, None].expand(-1, -1, *x.shape[2:]))
+    out = out * (pos.reshape(batch, -1) != EMPTY)[..., None, None].to(out.dtype)
     return out.reshape(*pos.shape, *x.shape[2:])
 
 

@@ -1,0 +1,78 @@
+"""The eidetic store holds exactly what a brute-force top-k over eligible positions picks."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bmojo.kernels.innovation import EMPTY, chunk_candidates, eidetic_stores
+from conftest import random_ids, tiny_model
+
+
+def brute_force_stores(scores, valid, window, per_chunk, capacity):
+    """Direct definition: sort positions by (score desc, position asc); E_c from chunks <= c-2."""
+    length = len(scores)
+    nchunks = -(-length // window)
+    rank = lambda s: (-scores[s], s)  # noqa: E731
+    cands = []
+    for c in range(nchunks):
+        chunk = [s for s in range(c * window, min(length, (c + 1) * window)) if valid[s]]
+        cands.append(sorted(sorted(chunk, key=rank)[:per_chunk]))
+    stores = []
+    for c in range(nchunks):
+        pool = [s for j in range(c - 1) for s in cands[j]]
+        size = len(pool) if capacity is None else capacity
+        stores.append(sorted(sorted(pool, key=rank)[:size]))
+    return cands, stores
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    length=st.integers(1, 60), window=st.integers(1, 9), per_chunk=st.integers(1, 5),
+    capacity=st.one_of(st.none(), st.integers(1, 12)), levels=st.integers(1, 4),
+    data=st.data(),
+)
+def test_store_equals_brute_force(length, window, per_chunk, capacity, levels, data):
+    per_chunk = min(per_chunk, window)
+    # Few distinct score levels: many ties, which must go to the earlier token.
+    scores = data.draw(st.lists(st.integers(0, levels), min_size=length, max_size=length))
+    pad = data.draw(st.integers(0, length - 1))  # trailing padding, as the model lays rows out
+    valid = [s < length - pad for s in range(length)]
+    cand_s, cand_p = chunk_candidates(torch.tensor([scores], dtype=torch.float32), torch.tensor([valid]),
+                                      window, per_chunk)
+    store_s, store_p = eidetic_stores(cand_s, cand_p, capacity)
+    cands, stores = brute_force_stores(scores, valid, window, per_chunk, capacity)
+    for c in range(len(cands)):
+        got = [p for p in cand_p[0, c].tolist() if p != EMPTY]
+        assert got == cands[c]
+        got = [p for p in store_p[0, c].tolist() if p != EMPTY]
+        assert got == stores[c], "padding must never enter the store" if any(not valid[p] for p in got) else ""
+        assert store_s.shape[-1] == (capacity if capacity is not None else store_s.shape[-1])
+
+
+@torch.no_grad()
+def test_decoded_sets_equal_prefilled_sets():
+    """Token-by-token selection keeps the same store, previous and current candidates as the parallel scan."""
+    model = tiny_model()
+    ids = random_ids(2, 75, seed=11)
+    prefilled = model(ids, use_cache=True).past_key_values
+    cache = model(ids[:, :1], use_cache=True).past_key_values
+    for t in range(1, 75):
+        model(ids[:, t:t + 1], past_key_values=cache, attention_mask=torch.ones(2, t + 1, dtype=torch.long))
+    for layer in range(2):
+        for name in ("store", "prev", "cur"):
+            assert torch.equal(cache.states[layer][f"{name}.p"], prefilled.states[layer][f"{name}.p"]), name
+            torch.testing.assert_close(cache.states[layer][f"{name}.k"], prefilled.states[layer][f"{name}.k"])
+    assert bool(torch.isfinite(cache.states[0]["store.s"]).all())  # full store (16 of 4 * 7 candidates)
+
+
+@torch.no_grad()
+def test_padding_never_enters_the_store():
+    model = tiny_model()
+    row = random_ids(1, 50, seed=12)
+    padded = torch.cat([torch.zeros(1, 30, dtype=torch.long), row], 1)
+    mask = torch.cat([torch.zeros(1, 30, dtype=torch.long), torch.ones(1, 50, dtype=torch.long)], 1)
+    alone = model(row, use_cache=True).past_key_values
+    both = model(padded, attention_mask=mask, use_cache=True).past_key_values
+    for layer in range(2):
+        for name in ("store", "prev", "cur"):
+            assert torch.equal(both.states[layer][f"{name}.p"], alone.states[layer][f"{name}.p"])

@@ -1,0 +1,271 @@
+"""Hub export: the exported folder must load and generate without the bmojo package installed."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+import torch
+from transformers.dynamic_module_utils import get_imports, get_relative_imports
+
+import bmojo
+from bmojo.eval.lm_eval import ascii_char_tokenizer
+from bmojo.hub import export, push
+from bmojo.hub.flatten import FlattenError, flatten
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# Run in a fresh interpreter where every `bmojo` import fails, as on a machine without the package.
+BLOCKED_LOAD = textwrap.dedent("""
+    import sys
+    class BlockBmojo:
+        def find_spec(self, name, path=None, target=None):
+            if name == "bmojo" or name.startswith("bmojo."):
+                raise ImportError("bmojo is blocked in this test")
+    sys.meta_path.insert(0, BlockBmojo())
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        import bmojo
+        raise SystemExit("bmojo should not be importable here")
+    except ImportError:
+        pass
+    folder, ids_path, out_path = sys.argv[1:4]
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = torch.load(ids_path)
+    with torch.no_grad():
+        logits = model(ids).logits
+    greedy = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    torch.save({"logits": logits, "greedy": greedy, "module": type(model).__module__,
+                "text": tokenizer.decode(tokenizer("Hi B'MOJO").input_ids)}, out_path)
+""")
+
+
+def random_tiny_model():
+    """A tiny model whose weights are scaled up so that its logits are far from uniform."""
+    torch.manual_seed(0)
+    model = bmojo.BMojoForCausalLM(bmojo.preset_config("tiny")).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2:
+                param.mul_(15.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = random_tiny_model()
+    folder = tmp_path_factory.mktemp("export")
+    info = {"model_name": "bmojo-tiny-test", "training_data": ["nothing (random weights)"],
+            "eval_results": {"bmojo_offline_mc": {"acc,none": 0.25, "acc_stderr,none": 0.1}}}
+    export(model, folder, tokenizer=ascii_char_tokenizer(), model_card_info=info)
+    return model, folder
+
+
+def test_export_writes_uploadable_folder(exported):
+    model, folder = exported
+    names = {p.name for p in folder.iterdir()}
+    for name in ("model.safetensors", "config.json", "generation_config.json", "configuration_bmojo.py",
+                 "modeling_bmojo.py", "README.md", "tokenizer.json", "tokenizer_config.json"):
+        assert name in names
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "configuration_bmojo.BMojoConfig",
+                                  "AutoModel": "modeling_bmojo.BMojoModel",
+                                  "AutoModelForCausalLM": "modeling_bmojo.BMojoForCausalLM"}
+    assert config["model_type"] == "bmojo"
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    for text in ("- custom_code", "pipeline_tag: text-generation", "license: apache-2.0", "bmojo x2",
+                 "| sliding window (eidetic, recent) | 8 |", "nothing (random weights)", "| acc,none | 0.2500 |"):
+        assert text in card
+    assert f"({sum(p.numel() for p in model.parameters()):,})" in card
+
+
+def test_remote_code_passes_transformers_import_checks(exported):
+    _, folder = exported
+    assert get_relative_imports(folder / "configuration_bmojo.py") == []
+    assert get_relative_imports(folder / "modeling_bmojo.py") == ["configuration_bmojo"]
+    for name in ("configuration_bmojo.py", "modeling_bmojo.py"):
+        required = set(get_imports(folder / name))
+        assert required <= {"torch", "transformers", "math", "dataclasses"}, required
+        compile((folder / name).read_text(), name, "exec")
+
+
+def test_exported_folder_loads_and_generates_without_package(exported, tmp_path):
+    model, folder = exported
+    torch.manual_seed(1)
+    ids = torch.randint(3, 128, (2, 21))
+    torch.save(ids, tmp_path / "ids.pt")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH="")
+    run = subprocess.run([sys.executable, "-c", BLOCKED_LOAD, str(folder), str(tmp_path / "ids.pt"),
+                          str(tmp_path / "out.pt")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    remote = torch.load(tmp_path / "out.pt")
+    assert remote["module"].startswith("transformers_modules.")
+    assert remote["text"] == "Hi B'MOJO"
+    with torch.no_grad():
+        logits = model(ids).logits
+        greedy = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert logits.std() > 1.0  # not a near-uniform model: the comparison below means something
+    torch.testing.assert_close(remote["logits"], logits, atol=1e-6, rtol=0)
+    assert torch.equal(remote["greedy"], greedy)
+
+
+class FakeHfApi:
+    """Stands in for huggingface_hub.HfApi: records calls and what the uploaded folder held."""
+
+    calls = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        files = {p.name: p.read_bytes() for p in __import__("pathlib").Path(folder_path).iterdir()}
+        self.calls.append(("upload_folder", repo_id, dict(kwargs, files=files)))
+        return "commit-info"
+
+
+def test_push_exports_then_uploads(monkeypatch):
+    monkeypatch.setattr("bmojo.hub.upload.HfApi", FakeHfApi)
+    FakeHfApi.calls = []
+    result = push(random_tiny_model(), "me/bmojo-tiny", token="hf_test", private=True,
+                  commit_message="first", tokenizer=ascii_char_tokenizer())
+    assert result == "commit-info"
+    (create, repo, create_kwargs), (upload, repo2, upload_kwargs) = FakeHfApi.calls
+    assert (create, repo, repo2, upload) == ("create_repo", "me/bmojo-tiny", "me/bmojo-tiny", "upload_folder")
+    assert create_kwargs["private"] is True and create_kwargs["exist_ok"] is True
+    assert upload_kwargs["commit_message"] == "first"
+    files = upload_kwargs["files"]
+    assert {"model.safetensors", "config.json", "modeling_bmojo.py", "configuration_bmojo.py",
+            "README.md", "tokenizer.json"} <= set(files)
+    assert b'"auto_map"' in files["config.json"]
+    assert b'from_pretrained("me/bmojo-tiny", trust_remote_code=True)' in files["README.md"]
+
+
+# -- the flattener on small synthetic packages ------------------------------------------------------
+
+def make_package(tmp_path, monkeypatch, files):
+    name = f"flatpkg_{uuid.uuid4().hex[:8]}"
+    root = tmp_path / name
+    for rel, text in {"__init__.py": "", **files}.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def run_flat(source):
+    namespace = {"__name__": "flat"}
+    exec(compile(source, "flat.py", "exec"), namespace)
+    return namespace
+
+
+def test_flatten_renames_shadowed_names_and_follows_aliases(tmp_path, monkeypatch):
+    pkg = make_package(tmp_path, monkeypatch, {
+        "ops/__init__.py": "from .naive import step\n",
+        "ops/naive.py": """
+            import math
+
+            def step(x):
+                return math.floor(x) + _helper()
+
+            def _helper():
+                return 100
+        """,
+        "dispatch.py": """
+            from .ops.naive import step as _reference
+
+            def step(x):
+                return _reference(x) + 1
+
+            def lazy(x):
+                from .ops import step as naive_step
+                return naive_step(x)
+        """,
+        "model.py": """
+            import math
+            from .dispatch import step
+
+            def _helper():
+                return 7
+
+            def run(x):
+                return step(x) + _helper()
+        """,
+    })
+    source = flatten([f"{pkg}.model"], "# flat")
+    assert "from ." not in source and source.count("import math") == 1
+    ns = run_flat(source)
+    assert ns["run"](2.5) == (2 + 100 + 1) + 7  # dispatch.step -> naive.step with naive's own _helper
+    assert ns["lazy"](2.5) == 102  # the nested import still means naive.step
+
+
+def test_flatten_refuses_a_nested_import_shadowing_a_module_name(tmp_path, monkeypatch):
+    pkg = make_package(tmp_path, monkeypatch, {
+        "a.py": "def step(x):\n    return x\n",
+        "b.py": "def step(x):\n    return 1\n\n\ndef lazy(x):\n    from .a import step\n    return step(x)\n",
+    })
+    with pytest.raises(FlattenError, match="both defined and imported"):
+        flatten([f"{pkg}.b"], "# flat")
+
+
+def test_flatten_fails_loudly_on_unresolvable_import(tmp_path, monkeypatch):
+    pkg = make_package(tmp_path, monkeypatch, {"a.py": "from .missing import thing\n"})
+    with pytest.raises(FlattenError, match="missing"):
+        flatten([f"{pkg}.a"], "# flat")
+    pkg = make_package(tmp_path, monkeypatch, {"b.py": "from .c import nope\n", "c.py": "x = 1\n"})
+    with pytest.raises(FlattenError, match="does not define 'nope'"):
+        flatten([f"{pkg}.b"], "# flat")
+
+
+def test_flatten_guards_triton_modules(tmp_path, monkeypatch):
+    pkg = make_package(tmp_path, monkeypatch, {
+        "kernel.py": '''
+            """Triton kernel."""
+            import triton
+
+
+            @triton.jit
+            def _k(x):
+                pass
+
+
+            def fast(x):
+                return 2 * x
+        ''',
+        "dispatch.py": """
+            def run(x):
+                try:
+                    from .kernel import fast
+                except ImportError:
+                    return x
+                return fast(x)
+        """,
+    })
+    source = flatten([f"{pkg}.dispatch"], "# flat")
+    assert "try:  # optional" in source and "if _HAS_TRITON:" in source
+    assert "triton" not in get_imports_of(source, tmp_path)
+    try:
+        import triton  # noqa: F401
+        has_triton = True
+    except ImportError:
+        has_triton = False
+    ns = run_flat(source)
+    assert ns["_HAS_TRITON"] is has_triton
+    assert ns["run"](3) == (6 if has_triton else 3)
+
+
+def get_imports_of(source, tmp_path):
+    path = tmp_path / "flat_check.py"
+    path.write_text(source)
+    return get_imports(path)

@@ -1,0 +1,196 @@
+"""Triton fused B'MOJO attention (kernels/memory_attention/parallel.py) against the PyTorch reference.
+
+CPU: the Triton interpreter (TRITON_INTERPRET=1, set here before triton is imported) on tiny shapes,
+float32 against the float64 definition. GPU (skipped without CUDA): the paper's shapes, bf16 and fp32.
+Every comparison covers the output and the gradient of every tensor input; errors are relative
+(||x - ref|| / ||ref||) and printed (pytest -s shows them).
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton", reason="triton is not installed")
+try:
+    from bmojo.kernels.memory_attention.naive import memory_attention_chunked, memory_attention_naive
+    from bmojo.kernels.memory_attention.parallel import memory_attention_triton
+except Exception as exc:  # a Triton build that cannot load the kernels
+    pytest.skip(f"Triton kernels unavailable here: {exc!r}", allow_module_level=True)
+
+CUDA = torch.cuda.is_available()
+# The interpreter is chosen when triton is first imported, and the suite's conftest imports bmojo
+# (and so triton) before this module: on CPU the interpreter cases run in a child pytest that has
+# TRITON_INTERPRET=1 from its start (test_interpreter_suite below), or here when it is already set.
+INTERPRET = type(getattr(triton.language.standard, "zeros", None)).__name__ == "InterpretedFunction"
+on_interpreter = pytest.mark.skipif(CUDA or not INTERPRET, reason="runs on CPU under TRITON_INTERPRET=1 "
+                                    "(in the child process test_interpreter_suite starts)")
+DEVICE = "cuda" if CUDA else "cpu"
+GRAD_NAMES = ("q_rot", "k", "v", "q_raw", "fading_keys", "fading_values", "eidetic_keys", "eidetic_values")
+
+
+def rel_err(x, ref):
+    x, ref = x.double(), ref.double()
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(B, T, H, Hkv, D, w, n_f, M, dtype=torch.float32, device=DEVICE, p_valid=0.7, seed=None):
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed)
+    nc = -(-T // w)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, device=device).to(dtype).requires_grad_()
+
+    args = dict(q_rot=rnd(B, T, H, D), k=rnd(B, T, Hkv, D), v=rnd(B, T, Hkv, D), window=w,
+                q_raw=rnd(B, T, H, D), fading_keys=rnd(B, T, Hkv, D), fading_values=rnd(B, T, Hkv, D),
+                fading_tokens=n_f, eidetic_keys=rnd(B, nc, M, Hkv, D), eidetic_values=rnd(B, nc, M, Hkv, D),
+                eidetic_valid=torch.rand(B, nc, M, generator=gen, device=device) < p_valid)
+    return args
+
+
+def run_with_grads(fn, args, do):
+    out = fn(**args)
+    ins = [args[name] for name in GRAD_NAMES]
+    grads = torch.autograd.grad(out, ins, do, allow_unused=True)
+    return out, dict(zip(GRAD_NAMES, grads))
+
+
+def upcast(args, dtype):
+    return {name: (x.detach().to(dtype).requires_grad_() if torch.is_tensor(x) and x.is_floating_point() else x)
+            for name, x in args.items()}
+
+
+def compare(args, reference, ref_dtype, label=""):
+    """Relative errors of the kernel vs `reference` (run on inputs upcast to ref_dtype): out and grads."""
+    do = torch.randn_like(args["q_rot"])
+    out, grads = run_with_grads(memory_attention_triton, args, do)
+    ref_out, ref_grads = run_with_grads(reference, upcast(args, ref_dtype), do.to(ref_dtype))
+    errs = {"o": rel_err(out, ref_out)}
+    assert out.dtype == args["q_rot"].dtype and torch.isfinite(out).all()
+    for name in GRAD_NAMES:
+        g, r = grads[name], ref_grads[name]
+        if r is None:  # the reference ignores this input (n_f = 0 or M = 0): so must the kernel
+            assert g is None or not g.abs().any(), name
+            continue
+        assert g is not None and torch.isfinite(g).all(), name
+        errs[name] = rel_err(g, r) if r.abs().any() else g.abs().max().item()
+    print(f"\n{label} max rel err {max(errs.values()):.2e} " + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
+    return errs
+
+
+# ---------------------------------------------------------------- CPU: Triton interpreter, tiny shapes
+
+CPU_CASES = [  # B, T, H, Hkv, D, w, n_f, M
+    (1, 16, 2, 1, 16, 8, 0, 0),    # window only
+    (2, 19, 2, 1, 16, 4, 4, 3),    # T not a multiple of w, several chunks per query tile
+    (2, 7, 2, 1, 16, 8, 4, 3),     # T < w: no fading band reached, one chunk
+    (1, 16, 2, 1, 16, 4, 0, 3),    # eidetic without fading
+    (2, 19, 2, 1, 16, 8, 4, 0),    # fading without eidetic
+    (1, 37, 2, 2, 24, 8, 4, 3),    # head dim not a power of 2 (padded to 32), no GQA
+    (1, 40, 4, 2, 16, 16, 16, 17),  # M > one eidetic tile, GQA group 2
+]
+
+
+@on_interpreter
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "B{}-T{}-H{}-Hkv{}-D{}-w{}-nf{}-M{}".format(*c))
+def test_interpreter_matches_definition(case):
+    args = make_inputs(*case)
+    errs = compare(args, memory_attention_naive, torch.float64, label=str(case))
+    assert max(errs.values()) < 1e-5, errs
+
+
+@on_interpreter
+def test_interpreter_matches_chunked_reference_all_invalid_store():
+    # every eidetic entry invalid in some chunks, and eidetic_valid=None (all valid) is accepted
+    args = make_inputs(1, 19, 2, 1, 16, 8, 4, 3, p_valid=0.0)
+    args["eidetic_valid"][:, 1] = True
+    errs = compare(args, memory_attention_chunked, torch.float64, label="all-invalid chunks")
+    assert max(errs.values()) < 1e-5, errs
+    args["eidetic_valid"] = None
+    out = memory_attention_triton(**args)
+    ref = memory_attention_naive(**{**upcast(args, torch.float64), "eidetic_valid": torch.ones(1, 3, 3).bool()})
+    assert rel_err(out, ref) < 1e-5
+
+
+@on_interpreter
+def test_window_none_is_causal():
+    args = make_inputs(1, 19, 2, 1, 16, 8, 4, 3)
+    out = memory_attention_triton(args["q_rot"], args["k"], args["v"], None)
+    ref = memory_attention_naive(**upcast({"q_rot": args["q_rot"], "k": args["k"], "v": args["v"]}, torch.float64),
+                                 window=None)
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.skipif(CUDA or INTERPRET, reason="the parent of the interpreter run, CPU only")
+def test_interpreter_suite():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", __file__]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    print(proc.stdout[-6000:], proc.stderr[-2000:])
+    assert proc.returncode == 0, proc.stdout[-6000:]
+
+
+@pytest.mark.skipif(not (CUDA or INTERPRET), reason="needs CUDA or the interpreter")
+def test_every_output_element_written(monkeypatch):
+    """Outputs and gradients are allocated NaN-filled: a single unwritten element would show."""
+    real_empty_like, real_empty = torch.empty_like, torch.empty
+
+    def nan_empty_like(t, *a, **kw):
+        out = real_empty_like(t, *a, **kw)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    def nan_empty(*a, **kw):
+        out = real_empty(*a, **kw)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    monkeypatch.setattr(torch, "empty_like", nan_empty_like)
+    monkeypatch.setattr(torch, "empty", nan_empty)
+    shape = (1, 19, 2, 1, 16, 4, 4, 3) if INTERPRET else (2, 1000, 4, 2, 64, 128, 128, 20)
+    args = make_inputs(*shape, p_valid=0.5)
+    out = memory_attention_triton(**args)
+    assert torch.isfinite(out).all()
+    grads = torch.autograd.grad(out, [args[n] for n in GRAD_NAMES], torch.randn_like(out))
+    for name, g in zip(GRAD_NAMES, grads):
+        assert torch.isfinite(g).all(), name
+
+
+@pytest.mark.skipif(not (CUDA or INTERPRET), reason="needs CUDA or the interpreter")
+def test_input_checks():
+    args = make_inputs(1, 8, 2, 1, 16, 4, 0, 2)
+    with pytest.raises(ValueError, match="q_raw"):
+        memory_attention_triton(**{**args, "q_raw": None})
+    with pytest.raises(ValueError, match="head dim"):
+        memory_attention_triton(torch.randn(1, 8, 2, 8), torch.randn(1, 8, 1, 8), torch.randn(1, 8, 1, 8), 4)
+    with pytest.raises(ValueError, match="multiple"):
+        memory_attention_triton(torch.randn(1, 8, 3, 16), torch.randn(1, 8, 2, 16), torch.randn(1, 8, 2, 16), 4)
+    with pytest.raises(ValueError, match="NC"):
+        memory_attention_triton(**{**args, "eidetic_keys": args["eidetic_keys"][:, :1],
+                                   "eidetic_values": args["eidetic_values"][:, :1]})
+
+
+# ---------------------------------------------------------------- GPU: real shapes
+
+GPU_CASES = [  # B, T, H, Hkv, D, w, n_f, M
+    (2, 2048, 12, 12, 64, 512, 512, 64),   # the paper's layer at 2k
+    (2, 2000, 12, 4, 64, 512, 512, 64),    # ragged T, GQA
+    (1, 1536, 8, 8, 128, 256, 128, 40),    # D = 128, n_f != w, M not a power of 2
+]
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-3)], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "B{}-T{}-H{}-Hkv{}-D{}-w{}-nf{}-M{}".format(*c))
+def test_gpu_matches_reference(case, dtype, tol):
+    args = make_inputs(*case, dtype=dtype)
+    errs = compare(args, memory_attention_chunked, torch.float64, label=f"{case} {dtype}")
+    assert max(errs.values()) < tol, errs
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_bf16_batch8():
+    args = make_inputs(8, 2048, 12, 12, 64, 512, 512, 64, dtype=torch.bfloat16)
+    errs = compare(args, memory_attention_chunked, torch.float32, label="B8 bf16 (fp32 reference)")
+    assert max(errs.values()) < 1e-2, errs
