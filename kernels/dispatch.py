@@ -36,4 +36,9 @@ def ssd_step(x, dt, A, B, C, state, D=None, use_kernels="auto"):
 
 
 def memory_attention(q_rot, k, v, window, use_kernels="auto", **kwargs):
+    # window=None is plain causal attention: the reference's SDPA call serves it.
+    if window is not None and use_triton(q_rot, use_kernels):
+        # imported here, not at the top: it imports triton, which CPU-only installs may lack
+        from .memory_attention.parallel import memory_attention_triton
+        return memory_attention_triton(q_rot, k, v, window, **kwargs)
     return memory_attention_chunked(q_rot, k, v, window, **kwargs)

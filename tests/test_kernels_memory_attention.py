@@ -1,6 +1,6 @@
 """Triton fused B'MOJO attention (kernels/memory_attention/parallel.py) against the PyTorch reference.
 
-CPU: the Triton interpreter (TRITON_INTERPRET=1, set here before triton is imported) on tiny shapes,
+CPU: the Triton interpreter (TRITON_INTERPRET=1, in a child pytest: see INTERPRET) on tiny shapes,
 float32 against the float64 definition. GPU (skipped without CUDA): the paper's shapes, bf16 and fp32.
 Every comparison covers the output and the gradient of every tensor input; errors are relative
 (||x - ref|| / ||ref||) and printed (pytest -s shows them).
@@ -59,8 +59,10 @@ def run_with_grads(fn, args, do):
 
 
 def upcast(args, dtype):
-    return {name: (x.detach().to(dtype).requires_grad_() if torch.is_tensor(x) and x.is_floating_point() else x)
-            for name, x in args.items()}
+    def up(x):
+        return x.detach().to(dtype).requires_grad_() if torch.is_tensor(x) and x.is_floating_point() else x
+
+    return {name: up(x) for name, x in args.items()}
 
 
 def compare(args, reference, ref_dtype, label=""):
@@ -77,7 +79,8 @@ def compare(args, reference, ref_dtype, label=""):
             continue
         assert g is not None and torch.isfinite(g).all(), name
         errs[name] = rel_err(g, r) if r.abs().any() else g.abs().max().item()
-    print(f"\n{label} max rel err {max(errs.values()):.2e} " + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
+    detail = " ".join(f"{k}={v:.1e}" for k, v in errs.items())
+    print(f"\n{label} max rel err {max(errs.values()):.2e} {detail}")
     return errs
 
 
@@ -111,7 +114,8 @@ def test_interpreter_matches_chunked_reference_all_invalid_store():
     assert max(errs.values()) < 1e-5, errs
     args["eidetic_valid"] = None
     out = memory_attention_triton(**args)
-    ref = memory_attention_naive(**{**upcast(args, torch.float64), "eidetic_valid": torch.ones(1, 3, 3).bool()})
+    all_valid = torch.ones(1, 3, 3, dtype=torch.bool)
+    ref = memory_attention_naive(**{**upcast(args, torch.float64), "eidetic_valid": all_valid})
     assert rel_err(out, ref) < 1e-5
 
 
@@ -119,8 +123,8 @@ def test_interpreter_matches_chunked_reference_all_invalid_store():
 def test_window_none_is_causal():
     args = make_inputs(1, 19, 2, 1, 16, 8, 4, 3)
     out = memory_attention_triton(args["q_rot"], args["k"], args["v"], None)
-    ref = memory_attention_naive(**upcast({"q_rot": args["q_rot"], "k": args["k"], "v": args["v"]}, torch.float64),
-                                 window=None)
+    qkv = upcast({"q_rot": args["q_rot"], "k": args["k"], "v": args["v"]}, torch.float64)
+    ref = memory_attention_naive(**qkv, window=None)
     assert rel_err(out, ref) < 1e-5
 
 
@@ -165,7 +169,8 @@ def test_input_checks():
     with pytest.raises(ValueError, match="head dim"):
         memory_attention_triton(torch.randn(1, 8, 2, 8), torch.randn(1, 8, 1, 8), torch.randn(1, 8, 1, 8), 4)
     with pytest.raises(ValueError, match="multiple"):
-        memory_attention_triton(torch.randn(1, 8, 3, 16), torch.randn(1, 8, 2, 16), torch.randn(1, 8, 2, 16), 4)
+        kv = torch.randn(1, 8, 2, 16)
+        memory_attention_triton(torch.randn(1, 8, 3, 16), kv, kv, 4)
     with pytest.raises(ValueError, match="NC"):
         memory_attention_triton(**{**args, "eidetic_keys": args["eidetic_keys"][:, :1],
                                    "eidetic_values": args["eidetic_values"][:, :1]})
