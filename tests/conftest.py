@@ -35,7 +35,7 @@ def poison_empty(monkeypatch):
 def tiny_model(seed=0, **overrides):
     """A tiny preset model with non-trivial weights (larger init so selection and attention matter)."""
     torch.manual_seed(seed)
-    cfg = bmojo.preset_config("tiny", initializer_range=0.2, **overrides)
+    cfg = bmojo.preset_config("tiny", **{"initializer_range": 0.2, **overrides})
     return bmojo.BMojoForCausalLM(cfg).eval()
 
 
