@@ -1,0 +1,184 @@
+"""MQAR task (Zoology, Arora et al. 2023), its training loop, the comparison runner and `bmojo demo`."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import bmojo
+from bmojo import cli
+from bmojo.eval import mqar
+
+
+def _task(**kw):
+    base = dict(vocab_size=64, seq_len=64, num_pairs=8, num_train=256, num_test=64, seed=3)
+    return mqar.MQARTask(**{**base, **kw})
+
+
+def _check_row(task, ids, labels):
+    pairs = task.num_pairs
+    keys, values = ids[0:2 * pairs:2].tolist(), ids[1:2 * pairs:2].tolist()
+    assert len(set(keys)) == pairs and len(set(values)) == pairs
+    assert all(1 <= k <= task.key_range for k in keys)
+    assert all(task.key_range < v <= 2 * task.key_range for v in values)
+    answer_pos = (labels != -100).nonzero().flatten().tolist()
+    assert len(answer_pos) == task.num_queries
+    asked = []
+    for p in answer_pos:
+        key, value = int(ids[p - 1]), int(ids[p])
+        assert p - 1 >= 2 * pairs, "queries come after the key-value pairs"
+        assert key in keys, "a queried key appears earlier in the sequence"
+        assert value == int(labels[p]) == values[keys.index(key)], "the label is the queried key's value"
+        asked.append(key)
+    assert len(set(asked)) == len(asked)
+    rest = torch.ones_like(ids, dtype=torch.bool)
+    rest[:2 * pairs] = False
+    rest[[p for a in answer_pos for p in (a - 1, a)]] = False
+    assert bool((ids[rest] == mqar.FILLER).all())
+
+
+@pytest.mark.parametrize("kw", [{}, dict(num_queries=3), dict(num_pairs=16, vocab_size=33), dict(seq_len=100)])
+def test_generator_well_formed(kw):
+    task = _task(**kw)
+    train, test = mqar.make_splits(task)
+    assert train["input_ids"].shape == (task.num_train, task.seq_len)
+    assert test["labels"].shape == (task.num_test, task.seq_len)
+    for split in (train, test):
+        for ids, labels in zip(split["input_ids"][:32], split["labels"][:32]):
+            _check_row(task, ids, labels)
+
+
+def test_splits_disjoint_and_seeded():
+    task = _task(num_train=2000, num_test=500)
+    train, test = mqar.make_splits(task)
+    train_rows = {tuple(r) for r in train["input_ids"].tolist()}
+    assert not any(tuple(r) in train_rows for r in test["input_ids"].tolist())
+    again, _ = mqar.make_splits(task)
+    assert torch.equal(again["input_ids"], train["input_ids"])
+    other, _ = mqar.make_splits(_task(num_train=2000, num_test=500, seed=4))
+    assert not torch.equal(other["input_ids"], train["input_ids"])
+
+
+def test_generate_excludes_given_rows():
+    """With a set that holds every row a seed would give, exclusion must skip all of them."""
+    task = _task()
+    first, _ = mqar._generate(task, 64, seed=11)
+    kept, _ = mqar._generate(task, 64, seed=11, exclude=mqar._row_hashes(first))
+    assert not ({tuple(r) for r in kept.tolist()} & {tuple(r) for r in first.tolist()})
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(seq_len=32), "seq_len"),
+    (dict(seq_len=4096), "seq_len"),
+    (dict(num_pairs=2), "num_pairs"),
+    (dict(num_pairs=300, seq_len=2048), "num_pairs"),
+    (dict(num_pairs=32, seq_len=64), "seq_len"),
+    (dict(num_queries=9), "num_queries"),
+    (dict(num_queries=0), "num_queries"),
+    (dict(vocab_size=16), "vocab_size"),
+    (dict(num_train=0), "num_train"),
+    (dict(seed=-1), "seed"),
+    (dict(seq_len=64.0), "seq_len"),
+])
+def test_task_validation(kw, field):
+    with pytest.raises(ValueError, match=field):
+        _task(**kw)
+
+
+def test_train_args_validation():
+    with pytest.raises(ValueError, match="steps"):
+        mqar.TrainArgs(steps=0)
+    with pytest.raises(ValueError, match="lr"):
+        mqar.TrainArgs(lr=0.0)
+    with pytest.raises(ValueError, match="family"):
+        mqar.budget_overrides("rnn", 512, bmojo.preset_config("tiny"))
+
+
+def test_state_floats_formula():
+    cfg = bmojo.preset_config("tiny")  # kv_heads 1, head_dim 16: 32 floats a token; SSM 4 heads * 16 * 8
+    ssm = cfg.ssm_num_heads * cfg.ssm_head_dim * cfg.ssm_state_size
+    assert mqar.state_floats(cfg, 100) == ssm + (8 + 8 + 16) * 32
+    assert mqar.state_floats(bmojo.preset_config("transformer-tiny"), 100) == 100 * 32
+    assert mqar.state_floats(bmojo.preset_config("swa-transformer-tiny"), 100) == 8 * 32
+    assert mqar.state_floats(bmojo.preset_config("mamba2-tiny"), 100) == ssm
+
+
+@pytest.mark.parametrize("family", ["bmojo", "bmojo-f", "mamba2", "swa-transformer"])
+def test_budget_overrides_match_budget(family):
+    args = mqar.ComparisonArgs()
+    for budget in (512, 1024, 2048):
+        assert mqar.state_floats(mqar.family_config(family, budget, args), 128) == budget
+
+
+def _tiny_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return bmojo.BMojoForCausalLM(bmojo.preset_config("tiny", vocab_size=32, **kw))
+
+
+def test_training_reproducible():
+    task = _task(vocab_size=32, num_pairs=4)
+    train, test = mqar.make_splits(task)
+    args = mqar.TrainArgs(steps=3, batch_size=8, progress=False)
+    a, b = _tiny_model(), _tiny_model()
+    la, lb = mqar.train(a, train, args), mqar.train(b, train, args)
+    assert la == lb
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert mqar.evaluate(a, test) == mqar.evaluate(b, test)
+
+
+def test_training_learns_above_chance():
+    """A short run (about 30 s on 2 cores) must recall well above chance on unseen sequences."""
+    task = mqar.MQARTask(**LEARN_TASK)
+    train, test = mqar.make_splits(task)
+    model = _tiny_model(hidden_size=64, intermediate_size=128)
+    before = mqar.evaluate(model, test)
+    mqar.train(model, train, mqar.TrainArgs(**LEARN_ARGS))
+    after = mqar.evaluate(model, test)
+    assert after > 4 * task.chance and after > before + 0.2, (before, after, task.chance)
+
+
+LEARN_TASK = dict(vocab_size=32, seq_len=64, num_pairs=4, num_train=10_000, num_test=300)
+LEARN_ARGS = dict(steps=300, batch_size=32, lr=1e-2, warmup=20, progress=False)
+
+
+def test_run_comparison_writes_outputs(tmp_path):
+    args = mqar.ComparisonArgs(families=("bmojo", "mamba2", "transformer"), budgets=(512, 1024), pair_counts=(4,),
+                               seq_len=64, vocab_size=32, num_train=64, num_test=16,
+                               model=dict(hidden_size=32, intermediate_size=64),
+                               train=mqar.TrainArgs(steps=2, batch_size=8, progress=False),
+                               extra_runs=(("bmojo M_e=0", "bmojo", dict(eidetic_capacity=0)),))
+    rows = mqar.run_comparison(args, str(tmp_path), log=lambda msg: None)
+    assert [r["label"] for r in rows] == ["bmojo", "bmojo", "mamba2", "mamba2", "transformer", "bmojo M_e=0"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["rows"]) == len(rows)
+    assert (tmp_path / "results.md").read_text().count("\n") == len(rows) + 2
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (tmp_path / "mqar.png").stat().st_size > 0
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        mqar.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "MQAR" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_family(capsys):
+    assert mqar.main(["--families", "rnn", "--out", "unused"]) == 2
+    assert "families" in capsys.readouterr().err
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--steps", "3", "--seed", "1", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "logits identical" in text
+    assert "generate()" in text
+    assert "recall accuracy" in text
+    assert os.path.exists(out / "config.json")
+    reloaded = bmojo.BMojoForCausalLM.from_pretrained(out)
+    assert reloaded.config.model_type == "bmojo"
