@@ -1,6 +1,9 @@
 """Kernels of bmojo: each op is a folder with its plain-PyTorch definition (`naive.py`) and, where
-measured worthwhile, a Triton implementation; `dispatch` picks one per call."""
+measured worthwhile, a Triton implementation; `dispatch` picks one per call.
 
-from .dispatch import memory_attention, ssd_scan, ssd_step, triton_available, use_triton
+(The dispatcher's `memory_attention` is not re-exported here: it would shadow the `memory_attention`
+sub-package for `import bmojo.kernels.memory_attention...`.)"""
 
-__all__ = ["memory_attention", "ssd_scan", "ssd_step", "triton_available", "use_triton"]
+from .dispatch import ssd_scan, ssd_step, triton_available, use_triton
+
+__all__ = ["ssd_scan", "ssd_step", "triton_available", "use_triton"]

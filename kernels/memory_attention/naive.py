@@ -17,30 +17,37 @@ import math
 import torch
 
 
+def accumulation_dtype(t):
+    """float64 stays float64 (for reference checks); everything else accumulates in float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def memory_attention_naive(q_rot, k, v, window, q_raw=None, fading_keys=None, fading_values=None,
                            fading_tokens=0, eidetic_keys=None, eidetic_values=None, eidetic_valid=None):
     batch, seqlen, heads, dim = q_rot.shape
     group = heads // k.shape[2]
     scale = 1.0 / math.sqrt(dim)
 
+    acc = accumulation_dtype(q_rot)
+
     def rep(t):  # (B, S, Hkv, D) -> (B, S, H, D)
-        return t.float().repeat_interleave(group, dim=2)
+        return t.to(acc).repeat_interleave(group, dim=2)
 
     k, v = rep(k), rep(v)
     out = []
     for t in range(seqlen):
         lo = 0 if window is None else max(0, t - window + 1)
-        logits = [torch.einsum("bhd,bshd->bhs", q_rot[:, t].float(), k[:, lo:t + 1])]
+        logits = [torch.einsum("bhd,bshd->bhs", q_rot[:, t].to(acc), k[:, lo:t + 1])]
         values = [v[:, lo:t + 1]]
         masks = [torch.ones(batch, t + 1 - lo, dtype=torch.bool, device=q_rot.device)]
         if window is not None and fading_tokens and fading_keys is not None and t - window >= 0:
             flo = max(0, t - window - fading_tokens + 1)
-            logits.append(torch.einsum("bhd,bshd->bhs", q_rot[:, t].float(), rep(fading_keys)[:, flo:t - window + 1]))
+            logits.append(torch.einsum("bhd,bshd->bhs", q_rot[:, t].to(acc), rep(fading_keys)[:, flo:t - window + 1]))
             values.append(rep(fading_values)[:, flo:t - window + 1])
             masks.append(torch.ones(batch, t - window + 1 - flo, dtype=torch.bool, device=q_rot.device))
         if window is not None and eidetic_keys is not None and eidetic_keys.shape[2] > 0:
             c = t // window
-            logits.append(torch.einsum("bhd,bshd->bhs", q_raw[:, t].float(), rep(eidetic_keys[:, c])))
+            logits.append(torch.einsum("bhd,bshd->bhs", q_raw[:, t].to(acc), rep(eidetic_keys[:, c])))
             values.append(rep(eidetic_values[:, c]))
             masks.append(eidetic_valid[:, c])
         s = torch.cat(logits, dim=-1) * scale
@@ -54,31 +61,52 @@ def attend_segments(segments, scale):
     """One softmax over several key segments, each scored with its own query.
 
     segments: list of (q [B, N, Q, Hkv, G, D], k [B, N, S, Hkv, D], v [B, N, S, Hkv, D], mask [B|1, N, Q, S]).
-    N indexes blocks of Q queries that share keys. Returns [B, N, Q, Hkv, G, D] in float32.
+    N indexes blocks of Q queries that share keys. Returns [B, N, Q, Hkv, G, D] in float32 (float64 for float64 inputs).
     """
     logits, values = [], []
+    acc = accumulation_dtype(segments[0][0])
     for q, k, v, mask in segments:
-        s = torch.einsum("bnqhgd,bnshd->bnhgqs", q.float(), k.float()) * scale
+        s = torch.einsum("bnqhgd,bnshd->bnhgqs", q.to(acc), k.to(acc)) * scale
         logits.append(s.masked_fill(~mask[:, :, None, None], float("-inf")))
-        values.append(v.float())
+        values.append(v.to(acc))
     p = torch.softmax(torch.cat(logits, dim=-1), dim=-1)
     return torch.einsum("bnhgqs,bnshd->bnqhgd", p, torch.cat(values, dim=2))
 
 
-def _bands(x, window, start, width, nblocks):
-    """Key slabs for each block j of `window` queries: positions j*w + start + [0, width). Out-of-range
-    positions read zeros (and are masked by the caller). x [B, T, Hkv, D] -> [B, NB, width, Hkv, D]."""
-    front = max(0, -start)
-    back = max(0, nblocks * window + start + width - x.shape[1] - front)
-    xp = torch.nn.functional.pad(x, (0, 0, 0, 0, front, back))
-    idx = torch.arange(nblocks, device=x.device)[:, None] * window + start + front
-    idx = idx + torch.arange(width, device=x.device)[None, :]
-    return xp[:, idx]
+# Score elements materialised at once (fp32): bounds the memory of long prefills without grad.
+_MAX_SCORES = 1 << 27
+
+
+def _bands(x, starts, width):
+    """Key slabs: for each block b, positions starts[b] + [0, width). x [B, T, Hkv, D] -> [B, NB, width, Hkv, D].
+    Positions outside [0, T) read a clamped neighbour; callers mask them out."""
+    idx = starts[:, None] + torch.arange(width, device=x.device)[None, :]
+    return x[:, idx.clamp(0, x.shape[1] - 1)]
+
+
+def _block_segments(blocks, w, qb, qe, k, v, fading, eidetic):
+    """The key segments of the query blocks `blocks` (a 1-D tensor of block indices)."""
+    t = blocks[:, None, None] * w + torch.arange(w, device=k.device)[None, :, None]  # (NB, w, 1) query positions
+    s = (blocks[:, None, None] - 1) * w + torch.arange(2 * w, device=k.device)  # window keys
+    mask = (s > t - w) & (s <= t) & (s >= 0)
+    segments = [(qb[:, blocks], _bands(k, (blocks - 1) * w, 2 * w), _bands(v, (blocks - 1) * w, 2 * w), mask[None])]
+    if fading is not None:
+        kf, vf, nf = fading
+        start = blocks * w - w - nf
+        s = start[:, None, None] + torch.arange(w + nf, device=k.device)
+        mask = (s > t - w - nf) & (s <= t - w) & (s >= 0)
+        segments.append((qb[:, blocks], _bands(kf, start, w + nf), _bands(vf, start, w + nf), mask[None]))
+    if eidetic is not None:
+        ek, ev, ok = eidetic
+        mask = ok[:, blocks, None, :].expand(-1, -1, w, -1)
+        segments.append((qe[:, blocks], ek[:, blocks], ev[:, blocks], mask))
+    return segments
 
 
 def memory_attention_chunked(q_rot, k, v, window, q_raw=None, fading_keys=None, fading_values=None,
                              fading_tokens=0, eidetic_keys=None, eidetic_values=None, eidetic_valid=None):
-    """Same function as `memory_attention_naive`, by blocks of w queries: cost O(T (2w + w + n_f + M))."""
+    """Same function as `memory_attention_naive`, by blocks of w queries: cost O(T (2w + w + n_f + M)).
+    Blocks are processed in groups so that at most ~_MAX_SCORES scores exist at once."""
     batch, seqlen, heads, dim = q_rot.shape
     kv_heads = k.shape[2]
     scale = 1.0 / math.sqrt(dim)
@@ -96,21 +124,18 @@ def memory_attention_chunked(q_rot, k, v, window, q_raw=None, fading_keys=None, 
         q = torch.nn.functional.pad(q, (0, 0, 0, 0, 0, pad))
         return q.reshape(batch, nblocks, w, kv_heads, heads // kv_heads, dim)
 
-    qb = blocks_of_queries(q_rot)
-    t = torch.arange(nblocks * w, device=q_rot.device).reshape(nblocks, w, 1)  # query positions
-    s_win = (torch.arange(nblocks, device=q_rot.device)[:, None, None] - 1) * w + torch.arange(2 * w, device=q_rot.device)
-    win_mask = (s_win > t - w) & (s_win <= t) & (s_win >= 0)  # (NB, w, 2w)
-    segments = [(qb, _bands(k, w, -w, 2 * w, nblocks), _bands(v, w, -w, 2 * w, nblocks), win_mask[None])]
-    if fading_tokens and fading_keys is not None:
-        width = w + fading_tokens
-        s_fad = (torch.arange(nblocks, device=q_rot.device)[:, None, None] - 1) * w - fading_tokens \
-            + torch.arange(width, device=q_rot.device)
-        fad_mask = (s_fad > t - w - fading_tokens) & (s_fad <= t - w) & (s_fad >= 0)
-        start = -w - fading_tokens
-        segments.append((qb, _bands(fading_keys, w, start, width, nblocks),
-                         _bands(fading_values, w, start, width, nblocks), fad_mask[None]))
+    fading = (fading_keys, fading_values, fading_tokens) if fading_tokens and fading_keys is not None else None
+    eidetic = None
     if eidetic_keys is not None and eidetic_keys.shape[2] > 0:
-        mask = eidetic_valid[:, :, None, :].expand(-1, -1, w, -1)
-        segments.append((blocks_of_queries(q_raw), eidetic_keys, eidetic_values, mask))
-    o = attend_segments(segments, scale)  # (B, NB, w, Hkv, G, D)
-    return o.reshape(batch, nblocks * w, heads, dim)[:, :seqlen].to(q_rot.dtype)
+        eidetic = (eidetic_keys, eidetic_values, eidetic_valid)
+    qb = blocks_of_queries(q_rot)
+    qe = blocks_of_queries(q_raw) if eidetic is not None else None
+    keys_per_query = 2 * w + (w + fading_tokens if fading else 0) + (eidetic_keys.shape[2] if eidetic else 0)
+    group = max(1, _MAX_SCORES // (batch * heads * w * keys_per_query))
+    outs = []
+    for first in range(0, nblocks, group):
+        blocks = torch.arange(first, min(nblocks, first + group), device=q_rot.device)
+        segments = _block_segments(blocks, w, qb, qe, k, v, fading, eidetic)
+        outs.append(attend_segments(segments, scale).to(q_rot.dtype))  # (B, NBg, w, Hkv, G, D)
+    o = torch.cat(outs, dim=1)
+    return o.reshape(batch, nblocks * w, heads, dim)[:, :seqlen]

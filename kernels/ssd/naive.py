@@ -8,10 +8,15 @@ Dao & Gu, "Transformers are SSMs" (ICML 2024). Per head h, with a scalar decay p
 Shapes: x [B, T, H, P], dt [B, T, H] (after softplus, >= 0), A [H] (< 0), B and C [B, T, G, N]
 with G groups shared by H // G heads each, D [H] or None, state [B, H, P, N].
 Every function returns (y, final_state); final_state is None unless output_final_state.
-Computation is in float32; y comes back in x's dtype.
+Computation is in float32 (float64 for float64 inputs); y comes back in x's dtype.
 """
 
 import torch
+
+
+def _acc(t):
+    """float64 stays float64 (for reference checks); everything else computes in float32."""
+    return t.double() if t.dtype == torch.float64 else t.float()
 
 
 def _expand_groups(t, num_heads):
@@ -22,11 +27,11 @@ def _expand_groups(t, num_heads):
 def ssd_recurrent(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False):
     """Step-by-step recurrence: slow and obviously right."""
     batch, seqlen, heads, headdim = x.shape
-    xf, dtf, Af = x.float(), dt.float(), A.float()
-    Bh, Ch = _expand_groups(B.float(), heads), _expand_groups(C.float(), heads)
-    state = x.new_zeros(batch, heads, headdim, B.shape[-1], dtype=torch.float32)
+    xf, dtf, Af = _acc(x), _acc(dt), _acc(A)
+    Bh, Ch = _expand_groups(_acc(B), heads), _expand_groups(_acc(C), heads)
+    state = x.new_zeros(batch, heads, headdim, B.shape[-1], dtype=xf.dtype)
     if initial_state is not None:
-        state = initial_state.float().clone()
+        state = _acc(initial_state).clone()
     ys = []
     for t in range(seqlen):
         decay = torch.exp(dtf[:, t] * Af)  # (B, H)
@@ -35,7 +40,7 @@ def ssd_recurrent(x, dt, A, B, C, D=None, initial_state=None, output_final_state
         ys.append(torch.einsum("bhpn,bhn->bhp", state, Ch[:, t]))
     y = torch.stack(ys, dim=1) if ys else xf.clone()
     if D is not None:
-        y = y + xf * D.float()[:, None]
+        y = y + xf * _acc(D)[:, None]
     return y.to(x.dtype), (state if output_final_state else None)
 
 
@@ -44,14 +49,14 @@ def ssd_step(x, dt, A, B, C, state, D=None):
 
     Returns (y [B, H, P], new_state)."""
     heads = x.shape[1]
-    Bh = B.float().repeat_interleave(heads // B.shape[1], dim=1)
-    Ch = C.float().repeat_interleave(heads // C.shape[1], dim=1)
-    xf, dtf = x.float(), dt.float()
-    decay = torch.exp(dtf * A.float())
+    Bh = _acc(B).repeat_interleave(heads // B.shape[1], dim=1)
+    Ch = _acc(C).repeat_interleave(heads // C.shape[1], dim=1)
+    xf, dtf = _acc(x), _acc(dt)
+    decay = torch.exp(dtf * _acc(A))
     state = decay[:, :, None, None] * state + torch.einsum("bhp,bhn->bhpn", xf * dtf[..., None], Bh)
     y = torch.einsum("bhpn,bhn->bhp", state, Ch)
     if D is not None:
-        y = y + xf * D.float()[:, None]
+        y = y + xf * _acc(D)[:, None]
     return y.to(x.dtype), state
 
 
@@ -60,8 +65,8 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, output_f
     a linear recurrence over chunk states between them. Same function as `ssd_recurrent`."""
     batch, seqlen, heads, headdim = x.shape
     pad = (-seqlen) % chunk_size
-    xf, dtf = x.float(), dt.float()
-    Bh, Ch = _expand_groups(B.float(), heads), _expand_groups(C.float(), heads)
+    xf, dtf = _acc(x), _acc(dt)
+    Bh, Ch = _expand_groups(_acc(B), heads), _expand_groups(_acc(C), heads)
     if pad:
         # dt = 0 on padding: no decay and no input, so the final state is the state at seqlen.
         xf = torch.nn.functional.pad(xf, (0, 0, 0, 0, 0, pad))
@@ -72,7 +77,7 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, output_f
     shape = (batch, nchunks, chunk_size, heads)
     xdt = (xf * dtf[..., None]).reshape(*shape, headdim)  # (B, C, Q, H, P)
     Bc, Cc = Bh.reshape(*shape, -1), Ch.reshape(*shape, -1)  # (B, C, Q, H, N)
-    log_decay = (dtf * A.float()).reshape(shape).permute(0, 3, 1, 2)  # (B, H, C, Q)
+    log_decay = (dtf * _acc(A)).reshape(shape).permute(0, 3, 1, 2)  # (B, H, C, Q)
     cum = torch.cumsum(log_decay, dim=-1)
 
     # Inside a chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cum_i - cum_j) dt_j x_j
@@ -86,9 +91,9 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, output_f
     to_end = torch.exp(cum[..., -1:] - cum)  # (B, H, C, Q)
     chunk_states = torch.einsum("bcjhn,bhcj,bcjhp->bchpn", Bc, to_end, xdt)
     chunk_decay = torch.exp(cum[..., -1])  # (B, H, C)
-    state = x.new_zeros(batch, heads, headdim, Bc.shape[-1], dtype=torch.float32)
+    state = x.new_zeros(batch, heads, headdim, Bc.shape[-1], dtype=xf.dtype)
     if initial_state is not None:
-        state = initial_state.float()
+        state = _acc(initial_state)
     entering = []
     for c in range(nchunks):
         entering.append(state)
@@ -99,5 +104,5 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, output_f
     y = y + torch.einsum("bcihn,bchpn,bhci->bcihp", Cc, entering, torch.exp(cum))
     y = y.reshape(batch, nchunks * chunk_size, heads, headdim)[:, :seqlen]
     if D is not None:
-        y = y + x.float() * D.float()[:, None]
+        y = y + _acc(x) * _acc(D)[:, None]
     return y.to(x.dtype), (state if output_final_state else None)
