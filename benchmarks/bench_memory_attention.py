@@ -75,6 +75,10 @@ def fwd_bwd(fn, args):
 
 def build_flex(T, args):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    # each length / mask set is a new graph: past dynamo's default limit of 8, flex would fall back to
+    # its eager (scores-materialising) path and time that instead
+    torch._dynamo.config.recompile_limit = 512
+    torch._dynamo.config.accumulated_recompile_limit = 4096
     flex = torch.compile(flex_attention, dynamic=False)
     m = args["eidetic_keys"].shape[2]
     nc = args["eidetic_keys"].shape[1]

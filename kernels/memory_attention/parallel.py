@@ -335,9 +335,13 @@ def _default_config(dim, dtype, interpret):
     if interpret:
         return dict(fwd=(16, 16, 1, 1), dq=(16, 16, 1, 1), dkv=(16, 16, 1, 1))
     big = dim > 64 or dtype == torch.float32
-    return dict(fwd=(64, 64, 4, 3) if big else (128, 64, 8, 3),
-                dq=(64, 64, 4, 2) if big else (64, 64, 4, 3),
-                dkv=(64, 64, 4, 2) if big else (64, 64, 4, 3))
+    # H100, bf16, D=64, w=n_f=512, M=64, T=8192: fwd (64, 64, 4, 3) 1.11 ms vs (128, 64, 8, 3) 1.64 ms;
+    # fwd+bwd with dq/dkv (64, 64, 4, 3) 4.83 ms vs (128, 64, 8, 2) 7.91 ms (benchmarks/results/)
+    if dim > 64 and dtype == torch.float32:  # (64, 32, 4, 2) asked 256 KB of shared memory in dq on H100
+        return dict(fwd=(32, 32, 4, 1), dq=(32, 32, 4, 1), dkv=(32, 32, 4, 1))
+    if big:  # float32 or D = 128 tiles: smaller, to stay within shared memory and registers
+        return dict(fwd=(64, 32, 4, 2), dq=(64, 32, 4, 2), dkv=(32, 32, 4, 2))
+    return dict(fwd=(64, 64, 4, 3), dq=(64, 64, 4, 3), dkv=(64, 64, 4, 3))
 
 
 def _strides_q(q):
