@@ -102,3 +102,11 @@ def test_checkpoint_from_a_different_config(tmp_path):
     wider = bmojo.preset_config("tiny", hidden_size=48)
     with pytest.raises(Exception, match="(?i)size|shape"):
         AutoModelForCausalLM.from_pretrained(tmp_path, config=wider)
+
+
+def test_config_json_with_out_of_range_value(tmp_path):
+    bmojo.preset_config("tiny").save_pretrained(tmp_path)
+    text = (tmp_path / "config.json").read_text().replace('"window_size": 8', '"window_size": -8')
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match="window_size"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
