@@ -116,6 +116,8 @@ def main():
         row["wall_s"] = round(time.time() - t0, 1)
         results["models"][name] = row
         print(name, json.dumps(row), flush=True)
+        with open(args.out, "w") as f:  # partial results survive a time-out
+            json.dump(results, f, indent=2)
         del model
         torch.cuda.empty_cache()
     ratios = {}
