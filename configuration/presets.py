@@ -45,24 +45,31 @@ def family_kwargs(family, num_layers):
     raise ValueError(f"preset family must be one of {FAMILIES}, got {family!r}")
 
 
-def preset_kwargs(name):
-    """Keyword arguments of `BMojoConfig` for a preset name such as `"tiny"`, `"130m"` or `"mamba2-370m"`."""
-    family, size = "bmojo", name
+def _parse(name):
     for fam in sorted(FAMILIES, key=len, reverse=True):
         if name.startswith(fam + "-") and name[len(fam) + 1:] in SIZES:
-            family, size = fam, name[len(fam) + 1:]
-            break
-    if size not in SIZES:
-        names = sorted(SIZES) + [f"{f}-{s}" for f in FAMILIES for s in SIZES]
-        raise ValueError(f"preset name must be one of {names}, got {name!r}")
+            return fam, name[len(fam) + 1:]
+    if name in SIZES:
+        return "bmojo", name
+    raise ValueError(f"preset name must be one of {preset_names()}, got {name!r}")
+
+
+def preset_kwargs(name, num_hidden_layers=None):
+    """Keyword arguments of `BMojoConfig` for a preset name such as `"tiny"`, `"130m"` or `"mamba2-370m"`.
+
+    `num_hidden_layers` resizes the preset; the family's layer pattern follows the new depth."""
+    family, size = _parse(name)
     kwargs = dict(SIZES[size])
-    kwargs.update(family_kwargs(family, kwargs["num_hidden_layers"]))
+    if num_hidden_layers is not None:
+        kwargs["num_hidden_layers"] = num_hidden_layers
+    layers = kwargs["num_hidden_layers"]
+    kwargs.update(family_kwargs(family, layers if isinstance(layers, int) and layers > 0 else 1))
     return kwargs
 
 
 def preset_config(name, **overrides):
     """A `BMojoConfig` from a preset name, with any field overridden."""
-    return BMojoConfig(**{**preset_kwargs(name), **overrides})
+    return BMojoConfig(**{**preset_kwargs(name, overrides.get("num_hidden_layers")), **overrides})
 
 
 def preset_names():

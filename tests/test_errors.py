@@ -110,3 +110,8 @@ def test_config_json_with_out_of_range_value(tmp_path):
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(ValueError, match="window_size"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_preset_depth_override_keeps_the_family_pattern():
+    assert bmojo.preset_config("bmojo-130m", num_hidden_layers=2).mixer_types == ["bmojo", "bmojo"]
+    assert bmojo.preset_config("hybrid-tiny", num_hidden_layers=8).mixer_types.count("full_attention") == 2
