@@ -11,13 +11,16 @@ import time
 
 # The demo task: small enough for the tiny preset's vocabulary (128) and a few minutes on 2 cores.
 DEMO_TASK = dict(vocab_size=128, seq_len=64, num_pairs=4, num_train=20_000, num_test=500)
-DEMO_STEPS = 1500
+DEMO_STEPS = 1000
+DEMO_BATCH = 64
 
 
 def _demo_parser(sub):
     p = sub.add_parser("demo", help="train, save, reload and generate with a tiny B'MOJO on MQAR",
                        description=__doc__)
-    p.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"training steps (default {DEMO_STEPS})")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"training steps per model (default {DEMO_STEPS}; "
+                        f"with --compare {COMPARE_TRAIN['steps']})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bmojo-demo", help="output folder (model, or comparison results)")
     p.add_argument("--compare", action="store_true",
@@ -54,7 +57,8 @@ def demo(steps, seed, out, progress=True):
     _say(f"MQAR: {task.num_pairs} key-value pairs in {task.seq_len} tokens, vocab {task.vocab_size} "
          f"(chance {task.chance:.3f}); tiny B'MOJO, {n_params} parameters; {steps} steps")
     start = time.time()
-    losses = mqar.train(model, train, mqar.TrainArgs(steps=steps, seed=seed, progress=progress), desc="demo")
+    args = mqar.TrainArgs(steps=steps, batch_size=DEMO_BATCH, seed=seed, progress=progress)
+    losses = mqar.train(model, train, args, desc="demo")
     _say(f"trained in {time.time() - start:.0f}s, final loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
 
     model.save_pretrained(out)
@@ -85,33 +89,39 @@ def _prompt(test):
     return test["input_ids"][:1, :answer_pos], int(labels[answer_pos])
 
 
-def compare(seed, out, progress=True):
-    """The CPU-scale comparison: 2-layer models of every family at three budgets, 4 and 8 pairs."""
+def compare(seed, out, progress=True, steps=None):
+    """The CPU-scale comparison: 2-layer models of every family at two budgets, 4 and 8 pairs,
+    two models trained at once (one thread each: faster than one model on two threads)."""
     from bmojo.eval import mqar
 
-    args = mqar.ComparisonArgs(seed=seed, train=mqar.TrainArgs(steps=COMPARE_STEPS, seed=seed, progress=progress),
+    train = {**COMPARE_TRAIN, **({"steps": steps} if steps else {})}
+    args = mqar.ComparisonArgs(seed=seed, train=mqar.TrainArgs(seed=seed, progress=progress, **train),
                                **COMPARE_TASK)
-    rows = mqar.run_comparison(args, out, log=_say)
+    _say(f"MQAR comparison: {len(args.families)} families, budgets {args.budgets} floats/layer, "
+         f"pairs {args.pair_counts}, seq_len {args.seq_len}, {args.train.steps} steps each; "
+         f"writing to {out}/")
+    rows = mqar.run_comparison(args, out, log=_say, workers=COMPARE_WORKERS)
     _say(mqar.markdown_table(rows))
     return rows
 
 
-COMPARE_TASK = dict(budgets=(512, 1024, 2048), pair_counts=(4, 8), seq_len=128, vocab_size=128,
+COMPARE_TASK = dict(budgets=(512, 2048), pair_counts=(4, 8), seq_len=64, vocab_size=128,
                     num_train=20_000, num_test=500)
-COMPARE_STEPS = 300
+COMPARE_TRAIN = dict(steps=300, batch_size=32, lr=3e-3)
+COMPARE_WORKERS = 2
 
 
 def main(argv=None):
     ns = build_parser().parse_args(argv)
     if ns.command == "demo":
-        if ns.steps < 1:
+        if ns.steps is not None and ns.steps < 1:
             print("error: --steps must be >= 1", file=sys.stderr)
             return 2
         os.makedirs(ns.out, exist_ok=True)
         if ns.compare:
-            compare(ns.seed, ns.out, not ns.no_progress)
+            compare(ns.seed, ns.out, not ns.no_progress, steps=ns.steps)
         else:
-            demo(ns.steps, ns.seed, ns.out, not ns.no_progress)
+            demo(ns.steps or DEMO_STEPS, ns.seed, ns.out, not ns.no_progress)
     return 0
 
 

@@ -30,7 +30,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -41,7 +41,8 @@ _BLOCK = 2048  # examples generated at once: bounds the (block, K) random matrix
 
 
 def _check_int(name, value, low, high=None):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+    bad = isinstance(value, bool) or not isinstance(value, int) or value < low
+    if bad or (high is not None and value > high):
         upper = "" if high is None else f" and <= {high}"
         raise ValueError(f"MQARTask.{name} must be an integer >= {low}{upper}, got {value!r}")
 
@@ -76,7 +77,8 @@ class MQARTask:
         needed = 2 * self.num_pairs + 2 * self.num_queries
         if self.seq_len < needed:
             raise ValueError(f"MQARTask.seq_len must be >= 2 * num_pairs + 2 * num_queries = {needed} "
-                             f"(num_pairs={self.num_pairs}, num_queries={self.num_queries}), got {self.seq_len}")
+                             f"(num_pairs={self.num_pairs}, num_queries={self.num_queries}), "
+                             f"got {self.seq_len}")
         _check_int("vocab_size", self.vocab_size, 2 * self.num_pairs + 1)
         _check_int("num_train", self.num_train, 1)
         _check_int("num_test", self.num_test, 1)
@@ -272,7 +274,8 @@ def state_floats(config, seq_len):
         elif kind == "full_attention":
             total += seq_len * token
         else:
-            total += ssm + (config.window_size + config.fading_tokens + (config.eidetic_capacity or 0)) * token
+            tokens = config.window_size + config.fading_tokens + (config.eidetic_capacity or 0)
+            total += ssm + tokens * token
     return total / len(config.mixer_types)
 
 
@@ -385,22 +388,58 @@ def _config_summary(config):
     return {k: getattr(config, k) for k in keys}
 
 
-def run_comparison(args=None, out_dir="mqar_results", log=print):
+def _task_for(args, pairs):
+    return MQARTask(vocab_size=args.vocab_size, seq_len=args.seq_len, num_pairs=pairs,
+                    num_train=args.num_train, num_test=args.num_test, seed=args.seed)
+
+
+_SPLITS = {}  # per-process cache of generated data, so a worker builds each task's splits once
+
+
+def _job(args, pairs, planned):
+    """One (task, model) cell of the comparison; runs in the caller or in a worker process."""
+    task = _task_for(args, pairs)
+    if task not in _SPLITS:
+        _SPLITS.clear()
+        _SPLITS[task] = make_splits(task)
+    return run_one(task, _SPLITS[task], *planned, args)
+
+
+def _worker_init():
+    # Tiny models gain little from intra-op threads; one thread a process avoids oversubscription.
+    torch.set_num_threads(1)
+
+
+def run_comparison(args=None, out_dir="mqar_results", log=print, workers=1):
     """Trains every planned model on every pair count, evaluates on unseen sequences, and writes
-    `results.json`, `results.md` and (with matplotlib) `mqar.png` under `out_dir`. Returns the rows."""
+    `results.json`, `results.md` and (with matplotlib) `mqar.png` under `out_dir`. Returns the rows.
+
+    `workers` > 1 trains that many models at once in spawned processes of one thread each: on a
+    small CPU this beats one process with several threads for models this small. Every cell seeds
+    its own model and data, so the rows do not depend on `workers`."""
     args = args or ComparisonArgs()
     os.makedirs(out_dir, exist_ok=True)
+    jobs = [(pairs, planned) for pairs in args.pair_counts for planned in _plan(args)]
     rows = []
-    for pairs in args.pair_counts:
-        task = MQARTask(vocab_size=args.vocab_size, seq_len=args.seq_len, num_pairs=pairs,
-                        num_train=args.num_train, num_test=args.num_test, seed=args.seed)
-        splits = make_splits(task)
-        for label, family, budget, extra in _plan(args):
-            row = run_one(task, splits, label, family, budget, extra, args)
-            rows.append(row)
-            log(f"{label:>18} pairs={pairs:<3} state={row['state_floats']:>7.0f} floats/layer "
-                f"acc={row['accuracy']:.3f} loss={row['final_loss']:.3f} ({row['train_seconds']}s)")
-            write_results(rows, args, out_dir)
+
+    def record(row):
+        rows.append(row)
+        log(f"{row['label']:>18} pairs={row['num_pairs']:<3} state={row['state_floats']:>7.0f} floats/layer "
+            f"acc={row['accuracy']:.3f} loss={row['final_loss']:.3f} ({row['train_seconds']}s)")
+        write_results(rows, args, out_dir)
+
+    if workers <= 1:
+        for pairs, planned in jobs:
+            record(_job(args, pairs, planned))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        quiet = replace(args, train=replace(args.train, progress=False))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init) as pool:
+            for row in pool.map(_job, [quiet] * len(jobs), *zip(*jobs)):
+                record(row)
     plot_path = plot_results(rows, os.path.join(out_dir, "mqar.png"))
     log(f"plot: {plot_path}" if plot_path else "plot skipped: matplotlib is not installed")
     return rows
@@ -430,8 +469,10 @@ def markdown_table(rows):
         ssm = kinds & {"bmojo", "mamba2"}
         lines.append(f"| {r['label']} | {r['num_pairs']} | {r['state_floats']:.0f} | {r['accuracy']:.3f} | "
                      f"{r['chance']:.3f} | {r['final_loss']:.3f} | {r['params']} | {r['train_seconds']} | "
-                     f"{c['window_size'] if attn else '-'} | {c['fading_tokens'] if 'bmojo' in kinds else '-'} | "
-                     f"{c['eidetic_capacity'] if 'bmojo' in kinds else '-'} | {c['ssm_state_size'] if ssm else '-'} |")
+                     f"{c['window_size'] if attn else '-'} | "
+                     f"{c['fading_tokens'] if 'bmojo' in kinds else '-'} | "
+                     f"{c['eidetic_capacity'] if 'bmojo' in kinds else '-'} | "
+                     f"{c['ssm_state_size'] if ssm else '-'} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -452,11 +493,13 @@ def plot_results(rows, path):
         at_most = sorted((r["state_floats"], r["accuracy"]) for r in mine if r["num_pairs"] == most)
         left.plot(*zip(*at_most), marker="o", label=label)
         biggest = max(r["budget_target"] or 0 for r in mine)
-        by_pairs = sorted((r["num_pairs"], r["accuracy"]) for r in mine if (r["budget_target"] or 0) == biggest)
+        by_pairs = sorted((r["num_pairs"], r["accuracy"]) for r in mine
+                          if (r["budget_target"] or 0) == biggest)
         right.plot(*zip(*by_pairs), marker="o", label=label)
     left.set(xscale="log", xlabel="decoding state (floats per layer)", ylabel="MQAR accuracy",
              title=f"{most} key-value pairs", ylim=(0, 1.02))
-    right.set(xlabel="key-value pairs", ylabel="MQAR accuracy", title="largest budget per model", ylim=(0, 1.02))
+    right.set(xlabel="key-value pairs", ylabel="MQAR accuracy", title="largest budget per model",
+              ylim=(0, 1.02))
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -478,7 +521,8 @@ def build_parser(parser=None):
         prog="python -m bmojo.eval.mqar",
         description="MQAR (Zoology, Arora et al. 2023): train each model family at matched decoding-state "
                     "budgets and write a table (Markdown + JSON) and a plot.")
-    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated: " + ",".join(FAMILIES))
+    parser.add_argument("--families", default=",".join(FAMILIES),
+                        help="comma-separated: " + ",".join(FAMILIES))
     parser.add_argument("--budgets", type=_ints, default=(512, 1024, 2048),
                         help="decoding-state floats per layer, comma-separated")
     parser.add_argument("--pairs", type=_ints, default=(4, 8), help="key-value pair counts, comma-separated")
@@ -493,9 +537,13 @@ def build_parser(parser=None):
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eidetic-ablation", type=_ints, default=None,
-                        help="also train B'MOJO (at the largest budget's split) with these eidetic capacities")
+                        help="also train B'MOJO (at the largest budget's split) with these eidetic "
+                             "capacities")
     parser.add_argument("--device", default="cpu", help="torch device to train on (default cpu)")
+    parser.add_argument("--reference-ops", action="store_true",
+                        help="use_kernels=False: the plain-PyTorch ops on every device (as on CPU)")
     parser.add_argument("--out", default="mqar_results")
+    parser.add_argument("--workers", type=int, default=1, help="models trained at once, one process each")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -506,7 +554,10 @@ def comparison_args(ns):
     bad = [f for f in families if f not in FAMILIES]
     if bad:
         raise ValueError(f"--families must be among {FAMILIES}, got {bad}")
-    model = dict(hidden_size=ns.hidden_size, intermediate_size=2 * ns.hidden_size, num_hidden_layers=ns.layers)
+    model = dict(hidden_size=ns.hidden_size, intermediate_size=2 * ns.hidden_size,
+                 num_hidden_layers=ns.layers)
+    if ns.reference_ops:
+        model["use_kernels"] = False
     args = ComparisonArgs(families=families, budgets=ns.budgets, pair_counts=ns.pairs, seq_len=ns.seq_len,
                           vocab_size=ns.vocab_size, num_train=ns.num_train, num_test=ns.num_test, model=model,
                           train=TrainArgs(steps=ns.steps, batch_size=ns.batch_size, lr=ns.lr, seed=ns.seed,
@@ -528,7 +579,7 @@ def main(argv=None):
     ns = build_parser().parse_args(argv)
     try:
         args = comparison_args(ns)
-        rows = run_comparison(args, ns.out)
+        rows = run_comparison(args, ns.out, workers=ns.workers)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
