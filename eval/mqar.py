@@ -375,7 +375,8 @@ def run_one(task, splits, label, family, budget, extra, args):
     start = time.time()
     losses = train(model, splits[0], args.train, desc=f"{label} N={task.num_pairs}")
     seconds = time.time() - start
-    return dict(label=label, family=family, num_pairs=task.num_pairs, seq_len=task.seq_len,
+    group = family if label == family else f"{family} ablation"  # one plotted line per group
+    return dict(label=label, group=group, family=family, num_pairs=task.num_pairs, seq_len=task.seq_len,
                 budget_target=budget, state_floats=state_floats(config, task.seq_len),
                 accuracy=evaluate(model, splits[1]), final_loss=sum(losses[-20:]) / len(losses[-20:]),
                 train_seconds=round(seconds, 1), params=sum(p.numel() for p in model.parameters()),
@@ -478,7 +479,7 @@ def markdown_table(rows):
 
 def plot_results(rows, path):
     """Accuracy vs state size (at the largest pair count) and vs pairs (at each model's largest
-    budget), one line per model label. Returns the path, or None without matplotlib."""
+    budget), one line per family (an ablation is one line). Returns the path, or None without matplotlib."""
     try:
         import matplotlib
 
@@ -488,8 +489,8 @@ def plot_results(rows, path):
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     most = max(r["num_pairs"] for r in rows)
-    for label in dict.fromkeys(r["label"] for r in rows):
-        mine = [r for r in rows if r["label"] == label]
+    for label in dict.fromkeys(r.get("group", r["label"]) for r in rows):
+        mine = [r for r in rows if r.get("group", r["label"]) == label]
         at_most = sorted((r["state_floats"], r["accuracy"]) for r in mine if r["num_pairs"] == most)
         left.plot(*zip(*at_most), marker="o", label=label)
         biggest = max(r["budget_target"] or 0 for r in mine)
