@@ -107,7 +107,7 @@ def compare(seed, out, progress=True, steps=None):
 
 COMPARE_TASK = dict(budgets=(512, 2048), pair_counts=(4, 8), seq_len=64, vocab_size=128,
                     num_train=20_000, num_test=500)
-COMPARE_TRAIN = dict(steps=300, batch_size=32, lr=3e-3)
+COMPARE_TRAIN = dict(steps=500, batch_size=32, lr=3e-3)
 COMPARE_WORKERS = 2
 
 
