@@ -26,7 +26,11 @@ def use_triton(tensor, use_kernels):
 
 
 def ssd_scan(x, dt, A, B, C, chunk_size, D=None, initial_state=None, output_final_state=False, use_kernels="auto"):
-    # No Triton SSD kernel is registered yet: the chunked reference serves every device.
+    if use_triton(x, use_kernels):
+        # imported here, not at the top: it imports triton, which CPU-only installs may lack
+        from .ssd.chunk import ssd_chunk_triton
+        return ssd_chunk_triton(x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state,
+                                output_final_state=output_final_state)
     return ssd_chunked(x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state,
                        output_final_state=output_final_state)
 

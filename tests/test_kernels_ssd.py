@@ -212,7 +212,8 @@ def test_gpu_dispatch_routes_to_kernel():
     from bmojo.kernels.dispatch import ssd_scan
     args = make_inputs(1, 300, 4, 1, 64, 64, dtype=torch.bfloat16)
     inputs = [args[n] for n in ("x", "dt", "A", "B", "C")]
-    y, final = ssd_scan(*inputs, 128, D=args["D"], initial_state=args["initial_state"], output_final_state=True)
+    y, final = ssd_scan(*inputs, 128, D=args["D"], initial_state=args["initial_state"],
+                        output_final_state=True)
     y_k, final_k = ssd_chunk_triton(*inputs, 128, D=args["D"], initial_state=args["initial_state"],
                                     output_final_state=True)
     assert torch.equal(y, y_k) and torch.equal(final, final_k)

@@ -247,8 +247,9 @@ def _precision(dtype):
 def _default_config(headdim, dstate):
     """Q: the kernel's chunk length; (BP, BN, warps) per launch kind."""
     bn_state = min(64, _pow2(dstate))
-    return dict(Q=64, state=(min(64, _pow2(headdim)), bn_state, 4),
-                fwd=(min(64, _pow2(headdim)), 4), bwd=(32 if _pow2(dstate) > 64 else min(64, _pow2(headdim)), 8))
+    bp_bwd = 32 if _pow2(dstate) > 64 else min(64, _pow2(headdim))
+    return dict(Q=64, state=(min(64, _pow2(headdim)), bn_state, 4), fwd=(min(64, _pow2(headdim)), 4),
+                bwd=(bp_bwd, 8))
 
 
 def _states_fwd(x, dt, A, B, initial_state, cfg):
@@ -260,8 +261,8 @@ def _states_fwd(x, dt, A, B, initial_state, cfg):
     states = torch.empty(batch, nc, heads, headdim, dstate, device=x.device, dtype=torch.float32)
     final = torch.empty(batch, heads, headdim, dstate, device=x.device, dtype=torch.float32)
     grid = (batch * heads, triton.cdiv(headdim, bp), triton.cdiv(dstate, bn))
-    _state_fwd_kernel[grid](x, dt, A, B, initial_state if initial_state is not None else final, states, final,
-                            seqlen, heads, group_size, nc, headdim, dstate,
+    s0 = initial_state if initial_state is not None else final  # any pointer when HAS_S0 is False
+    _state_fwd_kernel[grid](x, dt, A, B, s0, states, final, seqlen, heads, group_size, nc, headdim, dstate,
                             HAS_S0=initial_state is not None, Q=q, BP=bp, BN=bn,
                             PRECISION=_precision(x.dtype), num_warps=warps)
     return states, final
@@ -293,8 +294,10 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, D, initial_state, cfg):
     dstates = torch.empty_like(states)
     ds0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else None
     grid = (batch * heads, triton.cdiv(headdim, bp), triton.cdiv(dstate, bn))
+    # dstates stands in for the pointers a False HAS_DFINAL / HAS_DS0 never touches
     _state_bwd_kernel[grid](dy, dt, A, C, dfinal if dfinal is not None else dstates, dstates,
-                            ds0 if ds0 is not None else dstates, seqlen, heads, group_size, nc, headdim, dstate,
+                            ds0 if ds0 is not None else dstates, seqlen, heads, group_size, nc,
+                            headdim, dstate,
                             HAS_DFINAL=dfinal is not None, HAS_DS0=ds0 is not None, Q=q, BP=bp, BN=bn,
                             PRECISION=prec, num_warps=warps)
 
@@ -377,15 +380,16 @@ def ssd_chunk_triton(x, dt, A, B, C, chunk_size=None, D=None, initial_state=None
         raise ValueError(f"dt must be [B, T, H] = {(batch, seqlen, heads)} and A [H] = ({heads},); got dt "
                          f"{tuple(dt.shape)}, A {tuple(A.shape)}")
     if B.shape != C.shape or B.shape[:2] != x.shape[:2] or heads % groups:
-        raise ValueError(f"B and C must both be [B, T, G, N] with G dividing H={heads}; got {tuple(B.shape)} and "
-                         f"{tuple(C.shape)}")
+        raise ValueError(f"B and C must both be [B, T, G, N] with G dividing H={heads}; got "
+                         f"{tuple(B.shape)} and {tuple(C.shape)}")
     if D is not None and tuple(D.shape) != (heads,):
         raise ValueError(f"D must be [H] = ({heads},) or None; got {tuple(D.shape)}")
     if initial_state is not None and tuple(initial_state.shape) != (batch, heads, headdim, dstate):
         raise ValueError(f"initial_state must be [B, H, P, N] = {(batch, heads, headdim, dstate)}; got "
                          f"{tuple(initial_state.shape)}")
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"x dtype {x.dtype} not supported by the Triton SSD kernel: float32, float16 or bfloat16")
+        raise ValueError(f"x dtype {x.dtype} not supported by the Triton SSD kernel: float32, float16 or "
+                         "bfloat16")
     if not (1 <= headdim <= 256 and 1 <= dstate <= 256) or seqlen < 1:
         raise ValueError(f"the Triton SSD kernel needs 1 <= P, N <= 256 and T >= 1; got P={headdim}, "
                          f"N={dstate}, T={seqlen}")
