@@ -11,6 +11,12 @@ tokens, while `get_seq_length()` counts every column seen, as `generate()` expec
 
 import torch
 from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# transformers 5.24 renamed the cache argument of forward()/generate() and the output field from
+# `past_key_values` to `cache` (the old name is deprecated until 5.40). Both names are accepted on
+# input; outputs and generate()'s model_kwargs use the name of the installed version.
+CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class BMojoCache(Cache):
@@ -111,6 +117,13 @@ def _fingerprint(config):
     return tuple((k, str(getattr(config, k))) for k in keys)
 
 
+def pick_cache(cache, past_key_values):
+    """The cache passed under either name (`cache` from transformers 5.24, `past_key_values` before)."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the cache once, as `cache` or as `past_key_values`, not two different ones")
+    return cache if cache is not None else past_key_values
+
+
 def check_cache(cache, config):
     if not isinstance(cache, BMojoCache):
         raise ValueError(f"past_key_values must be a BMojoCache (or None), got {type(cache).__name__}")
@@ -118,6 +131,3 @@ def check_cache(cache, config):
         raise ValueError("past_key_values is a BMojoCache made for a model with a different config "
                          "(layers, widths, window or store sizes differ); start a new cache for this model")
 
-
-def empty_lengths(batch, device):
-    return torch.zeros(batch, dtype=torch.long, device=device)

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ..configuration.configuration_bmojo import BMojoConfig
 from .attention import Attention, BMojoMixer
-from .cache import BMojoCache, check_cache, empty_lengths
+from .cache import CACHE_NAME, BMojoCache, check_cache, pick_cache
 from .common import RMSNorm
 from .inputs import check_inputs, left_justify_order
 from .mamba2 import Mamba2Mixer, ssm_init_values
@@ -125,8 +125,10 @@ class BMojoModel(BMojoPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, output_hidden_states=None, return_dict=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
+                inputs_embeds=None, use_cache=None, output_hidden_states=None, return_dict=None,
+                past_key_values=None, **kwargs):
+        past_key_values = pick_cache(cache, past_key_values)
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         if past_key_values is not None:
@@ -143,8 +145,8 @@ class BMojoModel(BMojoPreTrainedModel):
             hidden, all_hidden, aux = self._recurrent(inputs_embeds, mask, past_key_values, output_hidden_states)
         if past_key_values is not None:
             past_key_values.seen_tokens += inputs_embeds.shape[1]
-        return BMojoModelOutput(last_hidden_state=hidden, past_key_values=past_key_values if use_cache else None,
-                                hidden_states=all_hidden, innovation_loss=aux)
+        return BMojoModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, innovation_loss=aux,
+                                **{CACHE_NAME: past_key_values if use_cache else None})
 
     def _parallel(self, hidden, mask, cache, output_hidden_states):
         lengths = mask.sum(dim=1)
@@ -225,23 +227,23 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         # generate() would build a DynamicCache; a B'MOJO model needs its own cache.
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            model_kwargs["past_key_values"] = BMojoCache(self.config)
+        if model_kwargs.get(CACHE_NAME) is None and generation_config.use_cache is not False:
+            model_kwargs[CACHE_NAME] = BMojoCache(self.config)
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None, return_dict=None,
-                logits_to_keep=0, **kwargs):
+                logits_to_keep=0, past_key_values=None, **kwargs):
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                             output_hidden_states=output_hidden_states)
+                             cache=pick_cache(cache, past_key_values), inputs_embeds=inputs_embeds,
+                             use_cache=use_cache, output_hidden_states=output_hidden_states)
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else slice(None)
         logits = self.lm_head(hidden[:, keep])
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.vocab_size, **kwargs) + outputs.innovation_loss
-        out = BMojoCausalLMOutput(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-                                  hidden_states=outputs.hidden_states, innovation_loss=outputs.innovation_loss)
+        out = BMojoCausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                  innovation_loss=outputs.innovation_loss, **{CACHE_NAME: getattr(outputs, CACHE_NAME)})
         return out if return_dict is not False else out.to_tuple()

@@ -33,6 +33,22 @@ def test_generate_builds_a_bmojo_cache():
     assert out.past_key_values.get_seq_length() == 7  # 5 prompt tokens + 2 decoded inputs
 
 
+@torch.no_grad()
+def test_cache_accepted_under_both_names():
+    """transformers 5.24 calls the cache `cache`; 5.13-5.23 call it `past_key_values`: both must continue it."""
+    model = tiny_model()
+    ids = random_ids(2, 12)
+    full = model(ids).logits[:, -1]
+    for name in ("cache", "past_key_values"):
+        prefix = model(ids[:, :11], use_cache=True)
+        cache = getattr(prefix, bmojo.modeling.cache.CACHE_NAME)
+        step = model(ids[:, 11:], **{name: cache}).logits[:, -1]
+        torch.testing.assert_close(step, full, atol=1e-4, rtol=0)
+    other = model(ids[:, :11], use_cache=True)
+    with pytest.raises(ValueError, match="not two different ones"):
+        model(ids[:, 11:], cache=cache, past_key_values=getattr(other, bmojo.modeling.cache.CACHE_NAME))
+
+
 def test_sampling_and_num_return_sequences():
     model = tiny_model()
     torch.manual_seed(0)
