@@ -273,7 +273,11 @@ def plot_lengths(results, path, unit="bytes"):
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, rows in results.items():
         ax.plot([r["length"] for r in rows], [r["ppl"] for r in rows], marker="o", label=label)
-    ax.set(xscale="log", xlabel="evaluation length (tokens)", ylabel=f"perplexity ({unit})")
+    lengths = sorted({r["length"] for rows in results.values() for r in rows})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.minorticks_off()
+    ax.set(xlabel="evaluation length (tokens)", ylabel=f"perplexity ({unit})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
