@@ -19,9 +19,16 @@ WIDTH = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_
              num_key_value_heads=12, vocab_size=32000)
 
 
+# B'MOJO at the same width carries a Mamba-2 mixer on top of attention and MLP (162M parameters at
+# d=768); "bmojo-matched" narrows the SSM (expand 1) and the MLP (1024) to Llama's ~110M parameters.
+MATCHED = dict(WIDTH, ssm_expand=1, intermediate_size=1024)
+
+
 def build(name):
     if name == "bmojo":
         return bmojo.BMojoForCausalLM(bmojo.preset_config("bmojo-130m", **WIDTH))
+    if name == "bmojo-matched":
+        return bmojo.BMojoForCausalLM(bmojo.preset_config("bmojo-130m", **MATCHED))
     if name == "llama-sdpa":
         return LlamaForCausalLM(LlamaConfig(**WIDTH, attn_implementation="sdpa", tie_word_embeddings=True))
     if name == "mistral-swa512":
@@ -66,7 +73,7 @@ def prefill_seconds(model, length):
 def decode_tokens_per_s(model, context, batch, steps):
     ids = torch.randint(0, WIDTH["vocab_size"], (1, context), device="cuda")
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = out.past_key_values  # (renamed `cache` in transformers 5.24; the old name still works)
     if batch > 1:
         cache.batch_repeat_interleave(batch)
     tok = out.logits[:, -1:].argmax(-1).repeat(batch, 1)
@@ -96,7 +103,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="bench_model.json")
     parser.add_argument("--quick", action="store_true", help="fewer contexts and repetitions")
-    parser.add_argument("--models", default="bmojo,llama-sdpa,mistral-swa512")
+    parser.add_argument("--models", default="bmojo,bmojo-matched,llama-sdpa,mistral-swa512")
     args = parser.parse_args()
     contexts = [2048, 8192] if args.quick else [2048, 8192, 32768]
     results = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
@@ -122,16 +129,19 @@ def main():
         torch.cuda.empty_cache()
     ratios = {}
     models = results["models"]
-    if "bmojo" in models:
-        for base in (m for m in models if m != "bmojo"):
-            for key, value in models["bmojo"].items():
+    for ours in (m for m in models if m.startswith("bmojo")):
+        for base in (m for m in models if not m.startswith("bmojo")):
+            for key, value in models[ours].items():
                 other = models[base].get(key)
-                if key != "params" and isinstance(value, float) and isinstance(other, float):
+                if key not in ("params", "wall_s") and isinstance(value, float) and isinstance(other, float):
                     better_is_lower = key.startswith("prefill")
-                    ratios[f"bmojo/{base}:{key}"] = round(other / value if better_is_lower else value / other, 3)
-        first, last = f"decode_tokens_per_s_ctx{contexts[0]}_B1", f"decode_tokens_per_s_ctx{contexts[-1]}_B1"
-        if isinstance(models["bmojo"].get(first), float) and isinstance(models["bmojo"].get(last), float):
-            ratios[f"bmojo:{last}/{first}"] = round(models["bmojo"][last] / models["bmojo"][first], 3)
+                    ratio = other / value if better_is_lower else value / other
+                    ratios[f"{ours}/{base}:{key}"] = round(ratio, 3)
+        for batch in (1, 16):
+            first = f"decode_tokens_per_s_ctx{contexts[0]}_B{batch}"
+            last = f"decode_tokens_per_s_ctx{contexts[-1]}_B{batch}"
+            if isinstance(models[ours].get(first), float) and isinstance(models[ours].get(last), float):
+                ratios[f"{ours}:{last}/{first}"] = round(models[ours][last] / models[ours][first], 3)
     results["ratios"] = ratios
     for key, value in ratios.items():
         print(f"{key:70s} {value}")

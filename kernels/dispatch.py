@@ -1,6 +1,10 @@
 """Chooses an implementation for each op: Triton on CUDA when `use_kernels` allows it, else the
 plain-PyTorch reference. Every variant shares one signature, so callers never branch."""
 
+import functools
+
+import torch
+
 from .memory_attention.naive import memory_attention_chunked
 from .ssd.naive import ssd_chunked
 from .ssd.naive import ssd_step as _ssd_step_reference
@@ -23,6 +27,23 @@ def use_triton(tensor, use_kernels):
         raise ValueError("use_kernels=True needs a CUDA tensor and an importable triton; "
                          "set use_kernels='auto' or False to use the PyTorch reference")
     return ok
+
+
+def fused_on_cuda(fn):
+    """Runs `fn` through torch.compile on CUDA inputs when `use_kernels` allows Triton, eagerly otherwise.
+
+    For chains of elementwise ops (norms, RoPE, gates): inductor fuses each chain into one Triton
+    kernel, so a B'MOJO layer launches far fewer kernels and reads its activations fewer times. The
+    function is the same either way; the wrapped one takes `use_kernels` as a keyword."""
+    compiled = torch.compile(fn, dynamic=True)  # lazy: nothing is compiled until a CUDA call
+
+    @functools.wraps(fn)
+    def run(*args, use_kernels="auto"):
+        if torch.compiler.is_compiling() or not use_triton(args[0], use_kernels):
+            return fn(*args)
+        return compiled(*args)
+
+    return run
 
 
 def ssd_scan(x, dt, A, B, C, chunk_size, D=None, initial_state=None, output_final_state=False, use_kernels="auto"):

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..kernels.dispatch import memory_attention
 from ..kernels.memory_attention.naive import attend_segments
-from .common import RMSNorm, apply_rope, gather_last, push, where_rows
+from .common import RMSNorm, gather_last, push, rope_angles, rotate, where_rows
 from .innovation import InnovationPredictor, empty_set, parallel_eidetic, sets_after_prefill, step_sets
 from .mamba2 import Mamba2Mixer
 
@@ -34,8 +34,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=False)
-        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.q_norm = self.k_norm = None
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, config.use_kernels)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, config.use_kernels)
 
     def project_keys(self, x, k_proj, v_proj):
         k = k_proj(x).reshape(*x.shape[:-1], self.kv_heads, self.head_dim)  # (B, T, Hkv, D)
@@ -50,6 +52,12 @@ class Attention(nn.Module):
         k, v = self.project_keys(x, self.k_proj, self.v_proj)
         return q, k, v
 
+    def angles(self, positions):
+        return rope_angles(positions, self.head_dim, self.rope_theta)
+
+    def rope(self, x, angles):
+        return rotate(x, *angles, use_kernels=self.use_kernels)
+
     def _out(self, o):
         return self.o_proj(o.reshape(*o.shape[:-2], self.heads * self.head_dim))
 
@@ -57,7 +65,8 @@ class Attention(nn.Module):
         batch, seqlen, _ = hidden.shape
         q, k, v = self.project(hidden)
         pos = torch.arange(seqlen, device=hidden.device).expand(batch, -1)
-        q_rot, k_rot = apply_rope(q, pos, self.rope_theta), apply_rope(k, pos, self.rope_theta)
+        angles = self.angles(pos)
+        q_rot, k_rot = self.rope(q, angles), self.rope(k, angles)
         o = memory_attention(q_rot, k_rot, v, self.window, use_kernels=self.use_kernels)
         if state is not None:
             if self.window is None:
@@ -100,8 +109,8 @@ class Attention(nn.Module):
 
     def step(self, hidden, pos, valid, state):
         q, k, v = self.project(hidden)  # (B, H, D), (B, Hkv, D)
-        q_rot = apply_rope(q[:, None], pos[:, None], self.rope_theta)[:, 0]
-        k_rot = apply_rope(k[:, None], pos[:, None], self.rope_theta)[:, 0]
+        angles = self.angles(pos[:, None])
+        q_rot, k_rot = self.rope(q[:, None], angles)[:, 0], self.rope(k[:, None], angles)[:, 0]
         self._push_window(state, k_rot, v, valid)
         o = self._attend(q_rot, [(q_rot, state["k"], state["v"], state["kv_valid"])])
         return self._out(o)
@@ -134,8 +143,8 @@ class BMojoMixer(Attention):
         kf, vf = self.fading_kv(f)
         pos = torch.arange(seqlen, device=hidden.device).expand(batch, -1)
         real = pos < lengths[:, None]
-        q_rot, k_rot = apply_rope(q, pos, self.rope_theta), apply_rope(k, pos, self.rope_theta)
-        kf_rot = apply_rope(kf, pos, self.rope_theta)
+        angles = self.angles(pos)
+        q_rot, k_rot, kf_rot = self.rope(q, angles), self.rope(k, angles), self.rope(kf, angles)
         extra, aux = {}, hidden.new_zeros((), dtype=torch.float32)
         if self.eidetic:
             f_prev = F.pad(f, (0, 0, 1, 0))[:, :seqlen]  # f_{t-1}, zero before the first token
@@ -190,9 +199,8 @@ class BMojoMixer(Attention):
             store = sets["store"]
             segments.append((q, store["k"], store["v"], ~torch.isneginf(store["s"])))
         state["f_last"] = where_rows(valid, f.to(state["f_last"].dtype), state["f_last"])
-        q_rot = apply_rope(q[:, None], pos[:, None], self.rope_theta)[:, 0]
-        k_rot = apply_rope(k[:, None], pos[:, None], self.rope_theta)[:, 0]
-        kf_rot = apply_rope(kf[:, None], pos[:, None], self.rope_theta)[:, 0]
+        angles = self.angles(pos[:, None])
+        q_rot, k_rot, kf_rot = (self.rope(t[:, None], angles)[:, 0] for t in (q, k, kf))
         self._push_window(state, k_rot, v, valid)
         state["fk"] = push(state["fk"], kf_rot, valid)
         state["fv"] = push(state["fv"], vf, valid)

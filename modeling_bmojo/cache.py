@@ -9,7 +9,6 @@ Rows may hold different numbers of real tokens (left padding): `lengths[b]` coun
 tokens, while `get_seq_length()` counts every column seen, as `generate()` expects.
 """
 
-import torch
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -130,4 +129,3 @@ def check_cache(cache, config):
     if cache.fingerprint != _fingerprint(config):
         raise ValueError("past_key_values is a BMojoCache made for a model with a different config "
                          "(layers, widths, window or store sizes differ); start a new cache for this model")
-

@@ -1,29 +1,55 @@
 """Pieces every mixer uses: RMSNorm, rotary embeddings, and gathering the last tokens of each row."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ..kernels.dispatch import fused_on_cuda
+
+
+@fused_on_cuda
+def rms_norm(x, weight, eps):
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight * xf.to(weight.dtype)).to(x.dtype)
+
+
+@fused_on_cuda
+def gated_rms_norm(y, z, weight, eps):
+    """RMSNorm(y * SiLU(z)): Mamba-2's gated output norm."""
+    return rms_norm(y * F.silu(z), weight, eps, use_kernels=False)
+
+
+@fused_on_cuda
+def swiglu(gate, up):
+    return F.silu(gate) * up
 
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich, 2019), computed in float32."""
 
-    def __init__(self, size, eps=1e-5):
+    def __init__(self, size, eps=1e-5, use_kernels=False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
+        self.use_kernels = use_kernels
 
     def forward(self, x):
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight * xf.to(self.weight.dtype)).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps, use_kernels=self.use_kernels)
 
 
-def apply_rope(x, positions, theta):
-    """Rotary embedding (Su et al., 2021), rotate-half layout. x [B, T, H, D], positions [B, T] int."""
-    dim = x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim)
+def rope_angles(positions, dim, theta):
+    """RoPE (Su et al., 2021) angles at positions [B, T] int: (cos, sin), each [B, T, 1, D/2] float32.
+
+    Computed once per layer call and shared by every tensor it rotates (queries, keys, fading keys)."""
+    inv_freq = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
     angles = positions.float()[..., None] * inv_freq  # (B, T, D/2)
-    cos, sin = angles.cos()[:, :, None], angles.sin()[:, :, None]  # (B, T, 1, D/2)
+    return angles.cos()[:, :, None], angles.sin()[:, :, None]
+
+
+@fused_on_cuda
+def rotate(x, cos, sin):
+    """Applies RoPE angles from `rope_angles` to x [B, T, H, D] (rotate-half layout)."""
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.dispatch import ssd_scan, ssd_step
-from .common import RMSNorm, gather_last, where_rows
+from .common import RMSNorm, gated_rms_norm, gather_last, where_rows
 
 
 def ssm_init_values(config, heads):
@@ -57,7 +57,8 @@ class Mamba2Mixer(nn.Module):
 
     def _output(self, y, z):
         y = y.reshape(*z.shape)
-        return self.out_proj(self.norm(y * F.silu(z)))
+        gated = gated_rms_norm(y, z, self.norm.weight, self.norm.eps, use_kernels=self.use_kernels)
+        return self.out_proj(gated)
 
     def forward(self, hidden, lengths, state=None):
         """hidden [B, T, d]; rows hold lengths[b] real tokens first, padding after.

@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -22,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from ..configuration.configuration_bmojo import BMojoConfig
 from .attention import Attention, BMojoMixer
 from .cache import CACHE_NAME, BMojoCache, check_cache, pick_cache
-from .common import RMSNorm
+from .common import RMSNorm, swiglu
 from .inputs import check_inputs, left_justify_order
 from .mamba2 import Mamba2Mixer, ssm_init_values
 
@@ -47,9 +46,10 @@ class BMojoMLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.use_kernels = config.use_kernels
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x), use_kernels=self.use_kernels))
 
 
 def build_mixer(config, kind):
@@ -64,9 +64,9 @@ class BMojoDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config, layer_idx):
         super().__init__()
         self.kind = config.mixer_types[layer_idx]
-        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.use_kernels)
         self.mixer = build_mixer(config, self.kind)
-        self.post_mixer_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_mixer_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.use_kernels)
         self.mlp = BMojoMLP(config)
 
     def forward(self, hidden, lengths, state=None):
@@ -115,7 +115,7 @@ class BMojoModel(BMojoPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([BMojoDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.use_kernels)
         self.gradient_checkpointing = False
         self.post_init()
 
