@@ -243,7 +243,16 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden[:, keep])
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits, labels, self.vocab_size, **kwargs) + outputs.innovation_loss
+            innovation, items = outputs.innovation_loss, kwargs.get("num_items_in_batch")
+            if items is not None:
+                # The LM loss is then this micro-batch's label-token sum over the global count: weight the
+                # innovation mean by this micro-batch's share of that count, so that accumulation steps and
+                # processes add up to one token-weighted mean instead of one mean per micro-batch.
+                shifted = kwargs.get("shift_labels")
+                shifted = labels[..., 1:] if shifted is None else shifted
+                counted = (shifted != kwargs.get("ignore_index", -100)).sum().to(innovation.device)
+                innovation = innovation * counted / torch.as_tensor(items, device=innovation.device)
+            loss = self.loss_function(logits, labels, self.vocab_size, **kwargs) + innovation
         out = BMojoCausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                   innovation_loss=outputs.innovation_loss, **{CACHE_NAME: getattr(outputs, CACHE_NAME)})
         return out if return_dict is not False else out.to_tuple()

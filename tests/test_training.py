@@ -16,11 +16,40 @@ def test_loss_is_shifted_cross_entropy_plus_innovation():
     lm = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 128), labels[:, 1:].reshape(-1))
     assert out.innovation_loss > 0
     torch.testing.assert_close(out.loss, lm + out.innovation_loss)
-    # num_items_in_batch (gradient accumulation) turns the mean into sum / num_items.
-    summed = model(ids, labels=labels, num_items_in_batch=torch.tensor(100))
+    # num_items_in_batch (gradient accumulation) turns the mean into sum / num_items, and the innovation
+    # mean is weighted by this micro-batch's share of the label tokens (2 rows x 19 shifted labels).
     lm_sum = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 128), labels[:, 1:].reshape(-1),
                                                reduction="sum")
-    torch.testing.assert_close(summed.loss, lm_sum / 100 + out.innovation_loss)
+    for items in (torch.tensor(100), 100):
+        summed = model(ids, labels=labels, num_items_in_batch=items)
+        torch.testing.assert_close(summed.innovation_loss, out.innovation_loss)  # reported unscaled
+        torch.testing.assert_close(summed.loss, lm_sum / 100 + out.innovation_loss * 38 / 100)
+
+
+def test_gradient_accumulation_equals_one_batch():
+    """Two micro-batches of 8 called with num_items_in_batch = the total label count (as HF Trainer does under
+    gradient accumulation) give the gradients of one batch of 16: for the LM loss and the innovation loss."""
+    model = tiny_model()
+    ids = random_ids(16, 40, seed=3)
+    labels = ids.clone()
+    labels[:, :3] = -100  # same label count in both halves: the innovation loss is a token mean
+    params = dict(model.named_parameters())
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {name: p.grad.clone() for name, p in params.items() if p.grad is not None}
+
+    whole = grads(model(ids, labels=labels).loss)
+    total = int((labels[:, 1:] != -100).sum())
+    half_a = grads(model(ids[:8], labels=labels[:8], num_items_in_batch=torch.tensor(total)).loss)
+    half_b = grads(model(ids[8:], labels=labels[8:], num_items_in_batch=total).loss)
+    assert whole.keys() == half_a.keys() == half_b.keys()
+    predictors = [name for name in whole if ".predictor." in name]
+    assert predictors and all(whole[name].abs().sum() > 0 for name in predictors)
+    for name, grad in whole.items():
+        # (Counting the innovation mean once per micro-batch would double the predictor's gradients here.)
+        torch.testing.assert_close(half_a[name] + half_b[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_innovation_loss_sees_keys_detached():
