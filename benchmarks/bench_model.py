@@ -1,13 +1,17 @@
 """Model-level benchmark (issue 3): B'MOJO vs HF Llama (SDPA) and Mistral (window 512) of the same size.
 
-Measures, in ONE run on one device: training tokens/s (AdamW, bf16, B x L), prefill time, and decode
-tokens/s at several contexts and batch sizes; prints ratios against the baselines measured in the same
-run and writes JSON. Usage (GPU):  python benchmarks/bench_model.py --out results.json [--quick]
+Measures, in ONE run on one device (each model in a process of its own): training tokens/s (AdamW,
+bf16, B x L), prefill time, and decode tokens/s at several contexts and batch sizes; prints ratios
+against the baselines measured in the same run and writes JSON.
+Usage (GPU):  python benchmarks/bench_model.py --out results.json [--quick]
 """
 
 import argparse
 import datetime
 import json
+import os
+import subprocess
+import sys
 import time
 
 import torch
@@ -99,6 +103,23 @@ def guarded(fn, *args):
         return f"{type(err).__name__}: {str(err)[:200]}"
 
 
+def measure(name, contexts):
+    """One model's row. Runs in a process of its own (see main), so that torch.compile caches and the
+    allocator state of one model never slow down or speed up the next."""
+    torch.manual_seed(0)
+    model = build(name).cuda().to(torch.bfloat16)
+    row = {"params": sum(p.numel() for p in model.parameters())}
+    t0 = time.time()
+    row["train_tokens_per_s_B8_L2048"] = guarded(train_tokens_per_s, model.train(), 8, 2048, 5)
+    model.eval()
+    row["prefill_s_L2048"] = guarded(prefill_seconds, model, 2048)
+    for ctx in contexts:
+        for batch in (1, 16):
+            row[f"decode_tokens_per_s_ctx{ctx}_B{batch}"] = guarded(decode_tokens_per_s, model, ctx, batch, 32)
+    row["wall_s"] = round(time.time() - t0, 1)
+    return row
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="bench_model.json")
@@ -106,27 +127,26 @@ def main():
     parser.add_argument("--models", default="bmojo,bmojo-matched,llama-sdpa,mistral-swa512")
     args = parser.parse_args()
     contexts = [2048, 8192] if args.quick else [2048, 8192, 32768]
+    names = args.models.split(",")
+    if len(names) == 1:  # the child process: measure and write one row
+        with open(args.out, "w") as f:
+            json.dump(measure(names[0], contexts), f)
+        return
     results = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
-               "torch": torch.__version__, "sizes": WIDTH, "models": {}}
-    for name in args.models.split(","):
-        torch.manual_seed(0)
-        model = build(name).cuda().to(torch.bfloat16)
-        params = sum(p.numel() for p in model.parameters())
-        row = {"params": params}
-        t0 = time.time()
-        row["train_tokens_per_s_B8_L2048"] = guarded(train_tokens_per_s, model.train(), 8, 2048, 3)
-        model.eval()
-        row["prefill_s_L2048"] = guarded(prefill_seconds, model, 2048)
-        for ctx in contexts:
-            for batch in (1, 16):
-                row[f"decode_tokens_per_s_ctx{ctx}_B{batch}"] = guarded(decode_tokens_per_s, model, ctx, batch, 16)
-        row["wall_s"] = round(time.time() - t0, 1)
-        results["models"][name] = row
-        print(name, json.dumps(row), flush=True)
+               "torch": torch.__version__, "sizes": WIDTH, "matched_sizes": MATCHED, "models": {}}
+    for name in names:
+        row_file = f"{args.out}.{name}.row"
+        cmd = [sys.executable, __file__, "--models", name, "--out", row_file] + (["--quick"] if args.quick else [])
+        done = subprocess.run(cmd)
+        if done.returncode == 0:
+            with open(row_file) as f:
+                results["models"][name] = json.load(f)
+            os.remove(row_file)
+        else:
+            results["models"][name] = {"error": f"exit code {done.returncode}"}
+        print(name, json.dumps(results["models"][name]), flush=True)
         with open(args.out, "w") as f:  # partial results survive a time-out
             json.dump(results, f, indent=2)
-        del model
-        torch.cuda.empty_cache()
     ratios = {}
     models = results["models"]
     for ours in (m for m in models if m.startswith("bmojo")):
