@@ -18,6 +18,9 @@ flat `modeling_bmojo.py` / `configuration_bmojo.py` from it:
    `try:` blocks).
 
 Names bound by modules outside the flattened set (`external`) become `from .<flat module> import`.
+Modules the flat file leaves out (`omit`, e.g. `bmojo.hub`, which the model reaches only to save itself
+with remote code) may be imported only inside functions or `try:`; such an import becomes
+`raise ImportError(...)` there, so the package code's `except ImportError:` fallback runs instead.
 Anything this cannot express exactly raises `FlattenError` naming the module and the statement.
 """
 
@@ -96,8 +99,9 @@ def relative_imports(module):
 class Flattener:
     """Collects, orders and renders the modules reachable from `roots`."""
 
-    def __init__(self, roots, external=None):
+    def __init__(self, roots, external=None, omit=()):
         self.external = dict(external or {})  # dotted module name -> flat module name ("configuration_bmojo")
+        self.omit = tuple(omit)  # dotted module (or package) names left out of the flat file
         self.modules = {}
         self.external_names = {}  # local name -> (flat module, name there)
         for root in roots:
@@ -152,6 +156,11 @@ class Flattener:
             if node.names[0].name == "*":
                 raise FlattenError(f"{name}: `import *` cannot be flattened (line {node.lineno})")
             source = resolve_relative(module, node)
+            if is_omitted(source, self.omit):
+                if top_level:
+                    raise FlattenError(f"{name}: {source} is left out of the flat file, so it may only be "
+                                       f"imported inside a function or `try:` (line {node.lineno})")
+                continue
             for alias in node.names:
                 owner, symbol = self._definition(source, alias.name)
                 local = alias.asname or alias.name
@@ -244,7 +253,7 @@ class Flattener:
             module = self.modules[name]
             for node in split_top_level_imports(module)[0]:
                 imports.add(node, module.name)
-            body = rewrite_body(module, self.renames(module, flat), guarded)
+            body = rewrite_body(module, self.renames(module, flat), guarded, self.omit)
             bodies.append(section(module, body, name in guarded))
         for flat_module, symbol in sorted(self.external_names.values()):
             imports.add_from(flat_module, symbol, level=1)
@@ -377,7 +386,7 @@ def local_bindings(tree, names):
     return found
 
 
-def rewrite_body(module, renames, guarded_modules):
+def rewrite_body(module, renames, guarded_modules, omit=()):
     """The module's code without its top-level imports, renamed, nested relative imports stubbed.
 
     Each kept top-level statement is copied with the comments and blank lines just above it."""
@@ -403,7 +412,7 @@ def rewrite_body(module, renames, guarded_modules):
         lines[row] = raw.decode("utf-8")
     for node, top_level in relative_imports(module):
         if not top_level:
-            replace_statement(lines, node, nested_import_stub(module, node, guarded_modules))
+            replace_statement(lines, node, nested_import_stub(module, node, guarded_modules, omit))
     out, previous_end = [], 0
     kept_ids = {id(node) for node in kept}
     for node in module.tree.body:
@@ -413,9 +422,16 @@ def rewrite_body(module, renames, guarded_modules):
     return "".join(out).lstrip("\n")
 
 
-def nested_import_stub(module, node, guarded_modules):
-    """What a nested relative import becomes: `pass`, or an ImportError where its source needs Triton."""
+def is_omitted(module_name, omit):
+    return any(module_name == name or module_name.startswith(name + ".") for name in omit)
+
+
+def nested_import_stub(module, node, guarded_modules, omit=()):
+    """What a nested relative import becomes: `pass`, or an ImportError where its source needs Triton or
+    is left out of the flat file."""
     source = resolve_relative(module, node)
+    if is_omitted(source, omit):
+        return f"raise ImportError('{source} is not part of the flat remote code')"
     if source in guarded_modules:
         return f"if not {GUARD_FLAG}: raise ImportError('triton is not installed')"
     return "pass"
@@ -472,6 +488,6 @@ def section(module, text, guarded):
     return "\n" + banner + "\n" + text
 
 
-def flatten(roots, header, external=None):
-    """Source of one flat module holding `roots` and everything they import relatively."""
-    return Flattener(roots, external).render(header)
+def flatten(roots, header, external=None, omit=()):
+    """Source of one flat module holding `roots` and everything they import relatively (but `omit`)."""
+    return Flattener(roots, external, omit).render(header)

@@ -1,7 +1,8 @@
 """Push a B'MOJO model to the Hub: `export` into a temporary folder, then upload that folder.
 
-This is the supported way to publish: `model.push_to_hub` would upload the weights without the
-flat remote-code files (see `bmojo.hub.export` for why `register_for_auto_class` is not enough).
+Besides the files `model.push_to_hub` uploads for a model registered with `register_for_auto_class`
+(weights, config with `auto_map`, the flat remote code), this ships the tokenizer and a model card
+describing the architecture.
 """
 
 import tempfile

@@ -91,6 +91,18 @@ class BMojoPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["BMojoDecoderLayer"]
     _is_stateful = True  # assisted decoding would need to roll the SSM state back: refused by generate()
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`. Once the classes are registered for an Auto class
+        (`register_for_auto_class`), the folder (and so `push_to_hub`) gets the flat remote code of
+        `bmojo.hub.export` and an `auto_map` instead of copies of this package's modules, whose relative
+        imports would not resolve in a Hub repo."""
+        save = super().save_pretrained
+        try:
+            from ..hub.export import save_pretrained_with_remote_code
+        except ImportError:  # in the flat Hub file, which leaves bmojo.hub out: transformers copies that file
+            return save(save_directory, *args, **kwargs)
+        return save_pretrained_with_remote_code(self, save, save_directory, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module):
         std = self.config.initializer_range

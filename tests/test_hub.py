@@ -7,20 +7,26 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from types import SimpleNamespace
 
 import pytest
 import torch
+import transformers.utils.hub
+from huggingface_hub import ModelCard
+from huggingface_hub.errors import EntryNotFoundError
 from transformers.dynamic_module_utils import get_imports, get_relative_imports
 
 import bmojo
 from bmojo.eval.lm_eval import ascii_char_tokenizer
-from bmojo.hub import export, push
+from bmojo.hub import export, push, remote_code_sources
+from bmojo.hub.export import AUTO_MAP
 from bmojo.hub.flatten import FlattenError, flatten
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 # Run in a fresh interpreter where every `bmojo` import fails, as on a machine without the package.
+# With a fourth argument, the loaded (remote-code) model is also saved there and loaded back from it.
 BLOCKED_LOAD = textwrap.dedent("""
     import sys
     class BlockBmojo:
@@ -42,9 +48,42 @@ BLOCKED_LOAD = textwrap.dedent("""
     with torch.no_grad():
         logits = model(ids).logits
     greedy = model.generate(ids[:1], max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
-    torch.save({"logits": logits, "greedy": greedy, "module": type(model).__module__,
-                "text": tokenizer.decode(tokenizer("Hi B'MOJO").input_ids)}, out_path)
+    out = {"logits": logits, "greedy": greedy, "module": type(model).__module__,
+           "text": tokenizer.decode(tokenizer("Hi B'MOJO").input_ids)}
+    if len(sys.argv) > 4:
+        import os
+        model.save_pretrained(sys.argv[4])
+        out["resaved_files"] = sorted(os.listdir(sys.argv[4]))
+        again = AutoModelForCausalLM.from_pretrained(sys.argv[4], trust_remote_code=True).eval()
+        with torch.no_grad():
+            out["resaved_logits"] = again(ids).logits
+    torch.save(out, out_path)
 """)
+
+
+def load_without_package(folder, ids, tmp_path, resave=None):
+    """BLOCKED_LOAD's results for `folder` (loaded offline with trust_remote_code) and `ids`."""
+    torch.save(ids, tmp_path / "ids.pt")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH="")
+    argv = [str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")]
+    argv += [str(resave)] if resave else []
+    run = subprocess.run([sys.executable, "-c", BLOCKED_LOAD, *argv], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    remote = torch.load(tmp_path / "out.pt")
+    assert remote["module"].startswith("transformers_modules.")
+    assert remote["text"] == "Hi B'MOJO"
+    return remote
+
+
+def assert_same_outputs(remote, model, ids):
+    with torch.no_grad():
+        logits = model(ids).logits
+        greedy = model.generate(ids[:1], max_new_tokens=10, do_sample=False, eos_token_id=None,
+                                pad_token_id=0)
+    assert logits.std() > 1.0  # not a near-uniform model: the comparison below means something
+    torch.testing.assert_close(remote["logits"], logits, atol=1e-6, rtol=0)
+    assert torch.equal(remote["greedy"], greedy)
 
 
 def random_tiny_model():
@@ -103,22 +142,7 @@ def test_exported_folder_loads_and_generates_without_package(exported, tmp_path)
     model, folder = exported
     torch.manual_seed(1)
     ids = torch.randint(3, 128, (2, 21))
-    torch.save(ids, tmp_path / "ids.pt")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH="")
-    run = subprocess.run([sys.executable, "-c", BLOCKED_LOAD, str(folder), str(tmp_path / "ids.pt"),
-                          str(tmp_path / "out.pt")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stderr[-3000:]
-    remote = torch.load(tmp_path / "out.pt")
-    assert remote["module"].startswith("transformers_modules.")
-    assert remote["text"] == "Hi B'MOJO"
-    with torch.no_grad():
-        logits = model(ids).logits
-        greedy = model.generate(ids[:1], max_new_tokens=10, do_sample=False, eos_token_id=None,
-                                pad_token_id=0)
-    assert logits.std() > 1.0  # not a near-uniform model: the comparison below means something
-    torch.testing.assert_close(remote["logits"], logits, atol=1e-6, rtol=0)
-    assert torch.equal(remote["greedy"], greedy)
+    assert_same_outputs(load_without_package(folder, ids, tmp_path), model, ids)
 
 
 class FakeHfApi:
@@ -153,6 +177,110 @@ def test_push_exports_then_uploads(monkeypatch):
             "README.md", "tokenizer.json"} <= set(files)
     assert b'"auto_map"' in files["config.json"]
     assert b'from_pretrained("me/bmojo-tiny", trust_remote_code=True)' in files["README.md"]
+
+
+# -- save_pretrained / push_to_hub after register_for_auto_class ---------------------------------------
+
+@pytest.fixture
+def registered(monkeypatch):
+    """BMojoConfig and BMojoForCausalLM registered for their Auto classes as a user would; undone after."""
+    for cls in (bmojo.BMojoConfig, bmojo.BMojoModel, bmojo.BMojoForCausalLM):
+        monkeypatch.setattr(cls, "_auto_class", None)
+    bmojo.BMojoConfig.register_for_auto_class()
+    bmojo.BMojoForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+
+def assert_remote_code_folder(files, architecture="BMojoForCausalLM"):
+    """`files`: {name: bytes} of a saved or uploaded folder."""
+    assert {"model.safetensors", "config.json", "configuration_bmojo.py", "modeling_bmojo.py"} <= set(files)
+    config = json.loads(files["config.json"])
+    assert config["auto_map"] == AUTO_MAP and config["architectures"] == [architecture]
+    for name, source in remote_code_sources().items():
+        assert files[name].decode("utf-8") == source  # the flat files, not copies of the package modules
+
+
+def test_registered_save_pretrained_loads_without_package(registered, tmp_path):
+    model = random_tiny_model()
+    folder = tmp_path / "saved"
+    model.save_pretrained(folder)
+    assert bmojo.BMojoForCausalLM._auto_class == "AutoModelForCausalLM"  # registrations back in place
+    assert bmojo.BMojoConfig._auto_class == "AutoConfig"
+    assert_remote_code_folder({p.name: p.read_bytes() for p in folder.iterdir()})
+    ascii_char_tokenizer().save_pretrained(folder)  # BLOCKED_LOAD decodes some text too
+    torch.manual_seed(2)
+    ids = torch.randint(3, 128, (2, 17))
+    remote = load_without_package(folder, ids, tmp_path, resave=tmp_path / "resaved")
+    assert_same_outputs(remote, model, ids)
+    # The remote-code model saves itself as transformers does for any remote code: it copies the flat files.
+    resaved = set(remote["resaved_files"])
+    assert {"configuration_bmojo.py", "modeling_bmojo.py", "model.safetensors"} <= resaved
+    torch.testing.assert_close(remote["resaved_logits"], remote["logits"], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["config only", "none"])
+def test_save_pretrained_registrations(which, monkeypatch, tmp_path):
+    for cls in (bmojo.BMojoConfig, bmojo.BMojoModel, bmojo.BMojoForCausalLM):
+        monkeypatch.setattr(cls, "_auto_class", None)
+    if which == "config only":
+        bmojo.BMojoConfig.register_for_auto_class()
+    model = bmojo.BMojoModel(bmojo.preset_config("tiny"))
+    model.save_pretrained(tmp_path)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    if which == "none":  # unregistered: transformers' save_pretrained, untouched
+        assert "auto_map" not in json.loads(files["config.json"])
+        assert not any(name.endswith(".py") for name in files)
+    else:
+        assert_remote_code_folder(files, architecture="BMojoModel")
+        assert bmojo.BMojoConfig._auto_class == "AutoConfig" and bmojo.BMojoModel._auto_class is None
+
+
+class FakeTransformersHub:
+    """Stands in for transformers' shared HfApi (`transformers.utils.hub.hf_api()`), through which
+    `push_to_hub` creates the repo and commits: records the calls and the committed files' contents."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        return SimpleNamespace(repo_id=repo_id)
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        files = {}
+        for op in operations:
+            with op.as_file() as f:
+                files[op.path_in_repo] = f.read()
+        self.calls.append(("create_commit", repo_id, dict(kwargs, files=files)))
+        return "commit-info"
+
+
+class RepoWithoutCard(ModelCard):
+    @classmethod
+    def load(cls, repo_id, **kwargs):  # what the Hub answers for a new repo: no README.md yet
+        raise EntryNotFoundError(f"{repo_id} has no README.md")
+
+
+@pytest.mark.parametrize("how", ["push_to_hub", "save_pretrained(push_to_hub=True)"])
+def test_registered_push_to_hub_uploads_remote_code(how, registered, monkeypatch, tmp_path):
+    hub = FakeTransformersHub()
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", hub)
+    monkeypatch.setattr(transformers.utils.hub, "ModelCard", RepoWithoutCard)
+    model = random_tiny_model()
+    if how == "push_to_hub":
+        result = model.push_to_hub("user/repo", commit_message="first", private=True, token="hf_test")
+    else:
+        result = model.save_pretrained(tmp_path / "repo", push_to_hub=True, repo_id="user/repo",
+                                       commit_message="first", private=True, token="hf_test")
+        assert_remote_code_folder({p.name: p.read_bytes() for p in (tmp_path / "repo").iterdir()})
+    assert result == "commit-info"
+    (create, repo, create_kwargs), (commit, repo2, commit_kwargs) = hub.calls
+    assert (create, repo, commit, repo2) == ("create_repo", "user/repo", "create_commit", "user/repo")
+    assert create_kwargs["private"] is True and create_kwargs["token"] == "hf_test"
+    assert commit_kwargs["commit_message"] == "first" and commit_kwargs["token"] == "hf_test"
+    files = commit_kwargs["files"]
+    assert_remote_code_folder(files)
+    assert {"README.md", "generation_config.json"} <= set(files)  # README.md: transformers' own card
+    assert bmojo.BMojoForCausalLM._auto_class == "AutoModelForCausalLM"
 
 
 # -- the flattener on small synthetic packages ------------------------------------------------------
@@ -229,6 +357,28 @@ def test_flatten_refuses_a_nested_import_shadowing_a_module_name(tmp_path, monke
     })
     with pytest.raises(FlattenError, match="both defined and imported"):
         flatten([f"{pkg}.b"], "# flat")
+
+
+def test_flatten_omits_modules_behind_nested_imports(tmp_path, monkeypatch):
+    pkg = make_package(tmp_path, monkeypatch, {
+        "tools/__init__.py": "from .io import save\n",
+        "tools/io.py": "def save(x):\n    return 'package ' + x\n",
+        "model.py": """
+            def save(x):
+                try:
+                    from .tools import save as tool_save
+                except ImportError:
+                    return 'fallback ' + x
+                return tool_save(x)
+        """,
+    })
+    assert run_flat(flatten([f"{pkg}.model"], "# flat"))["save"]("a") == "package a"
+    source = flatten([f"{pkg}.model"], "# flat", omit=[f"{pkg}.tools"])
+    assert "def save(x):\n    return 'package'" not in source and "raise ImportError(" in source
+    assert run_flat(source)["save"]("a") == "fallback a"
+    pkg = make_package(tmp_path, monkeypatch, {"tools.py": "x = 1\n", "model.py": "from .tools import x\n"})
+    with pytest.raises(FlattenError, match="left out of the flat file"):
+        flatten([f"{pkg}.model"], "# flat", omit=[f"{pkg}.tools"])
 
 
 def test_flatten_fails_loudly_on_unresolvable_import(tmp_path, monkeypatch):
