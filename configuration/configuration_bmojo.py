@@ -5,6 +5,8 @@ One config describes B'MOJO and every baseline of the paper: `mixer_types` picks
 B'MOJO mixer, a Mamba-2 mixer, sliding-window attention or full causal attention.
 """
 
+import math
+
 from transformers import PretrainedConfig
 
 MIXER_TYPES = ("bmojo", "mamba2", "sliding_attention", "full_attention")
@@ -30,7 +32,7 @@ def _check_int(name, value, low, high=None, allow_none=False):
 
 
 def _check_float(name, value, low, high=None, low_open=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     if ok:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -38,7 +40,33 @@ def _check_float(name, value, low, high=None, low_open=False):
     if not ok:
         bound = f"> {low}" if low_open else f">= {low}"
         upper = "" if high is None else f" and <= {high}"
-        raise ValueError(f"BMojoConfig.{name} must be a number {bound}{upper}, got {value!r}")
+        raise ValueError(f"BMojoConfig.{name} must be a finite number {bound}{upper}, got {value!r}")
+
+
+def _finite(value):
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"BMojoConfig.{name} must be True or False, got {value!r}")
+
+
+def _check_token_id(name, value, vocab_size, allow_list=False):
+    """None or a token id in [0, vocab_size - 1]; `eos_token_id` may also be a non-empty list of ids."""
+    ids = value if allow_list and isinstance(value, (list, tuple)) else [value]
+    if value is None or (ids and all(_is_token_id(i, vocab_size) for i in ids)):
+        return
+    listed = ", a non-empty list of such integers" if allow_list else ""
+    raise ValueError(f"BMojoConfig.{name} must be None{listed} or an integer in [0, {vocab_size - 1}] "
+                     f"(vocab_size={vocab_size}), got {value!r}")
+
+
+def _is_token_id(value, vocab_size):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < vocab_size
 
 
 class BMojoConfig(PretrainedConfig):
@@ -70,7 +98,8 @@ class BMojoConfig(PretrainedConfig):
         ssm_n_groups (`int`, *optional*, defaults to 1): groups sharing B and C.
         conv_kernel (`int`, *optional*, defaults to 4): causal depthwise convolution length.
         ssm_chunk_size (`int`, *optional*, defaults to 128): chunk length of the SSD scan.
-        dt_min, dt_max, dt_init_floor (`float`): Mamba-2 initialisation range of the step size.
+        dt_min, dt_max, dt_init_floor (`float`): Mamba-2 initialisation range of the step size
+            (0 < dt_min <= dt_max; the floor clamps it from below, 0 < dt_init_floor <= dt_max).
         rms_norm_eps (`float`, *optional*, defaults to 1e-5), initializer_range (`float`, defaults to 0.02).
         use_kernels (`"auto"`, `True` or `False`): Triton kernels on CUDA (`"auto"`), always, or never.
     """
@@ -120,7 +149,10 @@ class BMojoConfig(PretrainedConfig):
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
         self.num_hidden_layers = num_hidden_layers
-        self.mixer_types = list(mixer_types) if mixer_types is not None else ["bmojo"] * num_hidden_layers
+        if mixer_types is None and isinstance(num_hidden_layers, int) and num_hidden_layers > 0:
+            mixer_types = ["bmojo"] * num_hidden_layers
+        # Anything but a list or tuple is kept as given, for _validate to name it.
+        self.mixer_types = list(mixer_types) if isinstance(mixer_types, (list, tuple)) else mixer_types
         self.num_attention_heads = num_attention_heads
         self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
         self.head_dim = head_dim
@@ -147,6 +179,11 @@ class BMojoConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.use_kernels = use_kernels
         self.use_cache = use_cache
+        # Also set by PretrainedConfig.__init__ below; set first so that _validate sees them.
+        self.tie_word_embeddings = tie_word_embeddings
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
         self._validate()
         super().__init__(
             pad_token_id=pad_token_id,
@@ -156,15 +193,29 @@ class BMojoConfig(PretrainedConfig):
             **kwargs,
         )
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # `from_pretrained(path, window_size=...)` sets such overrides with setattr after __init__:
+        # validate again so that they get the same checks as the constructor's arguments.
+        out = super().from_dict(config_dict, **kwargs)
+        (out[0] if isinstance(out, tuple) else out)._validate()
+        return out
+
     def _validate(self):
+        """Raises a ValueError naming the first field outside its allowed range. Called by __init__,
+        from_dict (after overrides) and by the model's constructor (after any attribute assignment)."""
         _check_int("vocab_size", self.vocab_size, 1)
         _check_int("hidden_size", self.hidden_size, 1)
         _check_int("intermediate_size", self.intermediate_size, 1)
         _check_int("num_hidden_layers", self.num_hidden_layers, 1)
+        if not isinstance(self.mixer_types, (list, tuple)):
+            raise ValueError(f"BMojoConfig.mixer_types must be a list with one of {MIXER_TYPES} per layer "
+                             f"(or None for all \"bmojo\"), got {self.mixer_types!r}")
         if len(self.mixer_types) != self.num_hidden_layers:
             raise ValueError(
                 f"BMojoConfig.mixer_types must have one entry per layer (num_hidden_layers="
-                f"{self.num_hidden_layers}), got {len(self.mixer_types)} entries"
+                f"{self.num_hidden_layers}), got {len(self.mixer_types)} entries; when changing "
+                f"num_hidden_layers, pass a mixer_types list of the new length too"
             )
         for i, kind in enumerate(self.mixer_types):
             if kind not in MIXER_TYPES:
@@ -179,6 +230,8 @@ class BMojoConfig(PretrainedConfig):
         _check_int("head_dim", self.head_dim, 2)
         if self.head_dim % 2:
             raise ValueError(f"BMojoConfig.head_dim must be even (RoPE rotates pairs), got {self.head_dim}")
+        _check_bool("qk_norm", self.qk_norm)
+        _check_bool("tie_fading_projections", self.tie_fading_projections)
         _check_int("window_size", self.window_size, 1)
         _check_int("fading_tokens", self.fading_tokens, 0)
         _check_int("eidetic_tokens_per_chunk", self.eidetic_tokens_per_chunk, 0, self.window_size)
@@ -202,12 +255,29 @@ class BMojoConfig(PretrainedConfig):
         _check_int("conv_kernel", self.conv_kernel, 1)
         _check_int("ssm_chunk_size", self.ssm_chunk_size, 1)
         _check_float("dt_min", self.dt_min, 0.0, low_open=True)
-        _check_float("dt_max", self.dt_max, self.dt_min)
+        _check_float("dt_max", self.dt_max, 0.0, low_open=True)
+        if self.dt_min > self.dt_max:
+            raise ValueError(
+                f"BMojoConfig.dt_min and dt_max must satisfy dt_min <= dt_max (initial step sizes are drawn "
+                f"from [dt_min, dt_max]), got dt_min={self.dt_min!r} > dt_max={self.dt_max!r}"
+            )
         _check_float("dt_init_floor", self.dt_init_floor, 0.0, low_open=True)
+        if self.dt_init_floor > self.dt_max:
+            # Mamba-2 clamps the initial step sizes at dt_init_floor: above dt_max it would replace them all.
+            raise ValueError(
+                f"BMojoConfig.dt_init_floor must be <= dt_max={self.dt_max!r} (initial step sizes are "
+                f"clamped at dt_init_floor), got {self.dt_init_floor!r}"
+            )
         _check_float("rms_norm_eps", self.rms_norm_eps, 0.0, low_open=True)
         _check_float("initializer_range", self.initializer_range, 0.0, low_open=True)
-        if self.use_kernels not in ("auto", True, False):
-            raise ValueError(f'BMojoConfig.use_kernels must be "auto", True or False, got {self.use_kernels!r}')
+        _check_bool("tie_word_embeddings", getattr(self, "tie_word_embeddings", True))
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            allow_list = name == "eos_token_id"  # HF configs may list several end tokens
+            _check_token_id(name, getattr(self, name, None), self.vocab_size, allow_list=allow_list)
+        if not (self.use_kernels == "auto" or isinstance(self.use_kernels, bool)):
+            raise ValueError(f'BMojoConfig.use_kernels must be "auto", True or False, '
+                             f'got {self.use_kernels!r}')
+        _check_bool("use_cache", self.use_cache)
 
     @property
     def ssm_inner_size(self):

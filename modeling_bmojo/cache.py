@@ -9,6 +9,7 @@ Rows may hold different numbers of real tokens (left padding): `lengths[b]` coun
 tokens, while `get_seq_length()` counts every column seen, as `generate()` expects.
 """
 
+import torch
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -30,6 +31,7 @@ class BMojoCache(Cache):
         self.lengths = None  # (B,) real tokens per row
         self.seen_tokens = 0
         self.fingerprint = _fingerprint(config)
+        self.verified_for = None  # what check_cache_tensors last accepted this cache for
 
     # --- what the model uses -------------------------------------------------------------
     @property
@@ -69,6 +71,7 @@ class BMojoCache(Cache):
         return self.num_layers
 
     def _map(self, fn):
+        self.verified_for = None  # fn may move or cast the tensors
         for state in self.states:
             if state is not None:
                 for name in state:
@@ -86,6 +89,7 @@ class BMojoCache(Cache):
         self._map(lambda t: t[indices.to(t.device)])
 
     def reset(self):
+        self.verified_for = None
         self.states = [None] * self.num_layers
         self.lengths = None
         self.seen_tokens = 0
@@ -108,12 +112,32 @@ class BMojoCache(Cache):
         return total
 
 
+# Every config field that shapes a cached tensor or gives it its meaning: layer count and kinds, widths
+# and head counts, window / fading / store sizes, whether keys are RMS-normalised, the RoPE base the
+# cached keys were rotated with, whether fading keys/values come from the K/V projections, and the SSM
+# state layout. Fields that only change training or kernels (losses, init ranges, chunk sizes of the
+# parallel scan, use_kernels) are left out. The model's identity is left out on purpose: generate()
+# and beam search hand the cache between calls and copies, and two models with the same config and
+# dtype may share a cache (their states are then valid shapes, though the numbers belong to the model
+# that filled it).
+FINGERPRINT_FIELDS = (
+    "num_hidden_layers", "mixer_types", "hidden_size", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "qk_norm", "rope_theta", "window_size", "fading_tokens", "tie_fading_projections",
+    "eidetic_capacity", "eidetic_tokens_per_chunk", "ssm_state_size", "ssm_head_dim", "ssm_expand",
+    "ssm_n_groups", "conv_kernel",
+)
+
+# Cached floating-point tensors the mixers keep in float32 whatever the model's dtype (by the last part
+# of their name): the SSM state and the eidetic scores. Every other floating tensor is in the model's.
+_FLOAT32_STATES = ("ssm", "s")
+
+
 def _fingerprint(config):
     """What a cache must agree on with the model that reads it."""
-    keys = ("hidden_size", "num_hidden_layers", "mixer_types", "num_key_value_heads", "head_dim", "window_size",
-            "fading_tokens", "eidetic_capacity", "eidetic_tokens_per_chunk", "ssm_state_size", "ssm_head_dim",
-            "ssm_expand", "ssm_n_groups", "conv_kernel")
-    return tuple((k, str(getattr(config, k))) for k in keys)
+    def freeze(value):  # compared by value: 10000 == 10000.0, ["bmojo"] == ("bmojo",)
+        return tuple(value) if isinstance(value, list) else value
+
+    return tuple((k, freeze(getattr(config, k, None))) for k in FINGERPRINT_FIELDS)
 
 
 def pick_cache(cache, past_key_values):
@@ -126,6 +150,87 @@ def pick_cache(cache, past_key_values):
 def check_cache(cache, config):
     if not isinstance(cache, BMojoCache):
         raise ValueError(f"past_key_values must be a BMojoCache (or None), got {type(cache).__name__}")
-    if cache.fingerprint != _fingerprint(config):
-        raise ValueError("past_key_values is a BMojoCache made for a model with a different config "
-                         "(layers, widths, window or store sizes differ); start a new cache for this model")
+    mine, theirs = dict(_fingerprint(config)), dict(cache.fingerprint)
+    differ = [k for k in mine if mine[k] != theirs.get(k)]
+    if differ:
+        shown = ", ".join(f"{k}={theirs.get(k, '?')} (model: {mine[k]})" for k in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise ValueError(f"past_key_values is a BMojoCache made for a model with a different config: "
+                         f"{shown}{more}; start a new cache for this model")
+
+
+def check_cache_tensors(cache, dtype, layer_devices, skip_dtype=False):
+    """A filled cache must hold its tensors in the dtype the model computes in and, layer by layer, on the
+    device of that layer's weights; otherwise the first decode step would fail deep inside a matmul (or
+    silently compute in another precision). `layer_devices[i]` None skips layer i's device check."""
+    for i, state in enumerate(cache.states):
+        if not state:
+            continue
+        device = layer_devices[i] if i < len(layer_devices) else None
+        for name, t in state.items():
+            if device is not None and t.device != device:
+                raise ValueError(
+                    f"past_key_values holds layer {i}'s {name!r} on {t.device} but that layer's weights are "
+                    f"on {device}; move the model back, or start a new cache for it where it is now")
+            if skip_dtype or not t.is_floating_point():
+                continue
+            want = torch.float32 if name.rpartition(".")[2] in _FLOAT32_STATES else dtype
+            if t.dtype != want:
+                raise ValueError(
+                    f"past_key_values holds layer {i}'s {name!r} in {t.dtype}, expected {want} for a model "
+                    f"computing in {dtype} (the cache was filled by a model in another dtype); start a new "
+                    f"cache for this model, or convert the model to the dtype the cache was made with")
+
+
+def _argument(fn_args, kwargs, names, position):
+    for name in names:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return fn_args[position] if len(fn_args) > position else None
+
+
+def _layer_device(layer):
+    norm = getattr(layer, "input_norm", None)  # one known weight: walking parameters() is slower
+    weight = getattr(norm, "weight", None)
+    param = weight if isinstance(weight, torch.Tensor) else next(layer.parameters(), None)
+    # Parameters on "meta" are offloaded (accelerate moves them in at call time): that layer is skipped.
+    return None if param is None or param.device.type == "meta" else param.device
+
+
+def check_cache_pre_hook(model, args, kwargs):
+    """Forward pre-hook (registered by BMojoPreTrainedModel): checks a filled cache's tensors against
+    the dtype and devices of the model reading it. Acts on modules with `layers` (BMojoModel); the
+    causal-LM wrapper passes the cache on to its BMojoModel, whose hook checks it. Positions follow
+    `BMojoModel.forward(input_ids, attention_mask, position_ids, cache, inputs_embeds, ...)`.
+
+    Decoding calls this every step, so a cache accepted once is not read again while the model, its
+    dtype and embedding device and the set of filled layers stay the same: the model's own writes keep
+    each tensor's dtype and device (`BMojoCache._map`, which reorders or moves the cache, and `reset`
+    forget the acceptance)."""
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        return
+    cache = _argument(args, kwargs, ("cache", "past_key_values"), 3)
+    if not isinstance(cache, BMojoCache) or cache.is_empty:
+        return  # other types are refused by check_cache in forward
+    embeds = _argument(args, kwargs, ("inputs_embeds",), 4)
+    weight = model.get_input_embeddings().weight
+    dtype = embeds.dtype if torch.is_tensor(embeds) else weight.dtype
+    skip_dtype = _autocast_on(weight.device.type)
+    key = (id(model), dtype, weight.device, skip_dtype, tuple(state is not None for state in cache.states))
+    if cache.verified_for == key:
+        return
+    try:
+        check_cache_tensors(cache, dtype, [_layer_device(layer) for layer in layers], skip_dtype)
+    except ValueError:
+        check_cache(cache, model.config)  # a cache of another config: the better explanation
+        raise
+    cache.verified_for = key
+
+
+def _autocast_on(device_type):
+    """Under autocast the mixers store keys in the autocast dtype, not the weights' dtype."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no argument (CUDA), with a separate CPU query
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()

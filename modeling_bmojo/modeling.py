@@ -20,7 +20,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ..configuration.configuration_bmojo import BMojoConfig
 from .attention import Attention, BMojoMixer
-from .cache import CACHE_NAME, BMojoCache, check_cache, pick_cache
+from .cache import CACHE_NAME, BMojoCache, check_cache, check_cache_pre_hook, pick_cache
+from .checkpoint import load_checked
 from .common import RMSNorm, swiglu
 from .inputs import check_inputs, left_justify_order
 from .mamba2 import Mamba2Mixer, ssm_init_values
@@ -102,6 +103,19 @@ class BMojoPreTrainedModel(PreTrainedModel):
         except ImportError:  # in the flat Hub file, which leaves bmojo.hub out: transformers copies that file
             return save(save_directory, *args, **kwargs)
         return save_pretrained_with_remote_code(self, save, save_directory, *args, **kwargs)
+
+    def __init__(self, config, *inputs, **kwargs):
+        if isinstance(config, BMojoConfig):
+            config._validate()  # also catches fields assigned after the config was built
+        super().__init__(config, *inputs, **kwargs)
+        # A filled cache must be in this model's dtype and on its layers' devices (cache.py).
+        self.register_forward_pre_hook(check_cache_pre_hook, with_kwargs=True)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # A checkpoint saved with another config raises a ValueError naming the parameters that do not
+        # match, instead of loading partly random (checkpoint.py).
+        return load_checked(super().from_pretrained, args, kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):
