@@ -1,7 +1,9 @@
 """The Mamba-2 mixer (Dao & Gu, "Transformers are SSMs", 2024): B'MOJO's fading memory.
 
 x -> in_proj -> (z, xBC, dt); xBC -> causal depthwise conv -> SiLU -> (x, B, C);
-y = SSD(x, softplus(dt + dt_bias), -exp(A_log), B, C) + D x;  out = out_proj(RMSNorm(y * SiLU(z))).
+y = SSD(x, softplus(dt + dt_bias), -exp(A_log), B, C) + D x;  out = out_proj(RMSNorm(y * SiLU(z))),
+with the step size and the decay rate bounded (DT_LIMIT, A_LOG_MAX below) so that no parameter value
+can make the scan produce inf or NaN.
 """
 
 import math
@@ -12,6 +14,24 @@ from torch import nn
 
 from ..kernels.dispatch import ssd_scan, ssd_step
 from .common import RMSNorm, gated_rms_norm, gather_last, where_rows
+
+# Bounds of the discretisation, applied in both forms (parallel and one-token step) so they stay one function.
+# Mamba-2 clamps dt after the softplus to `dt_limit` (mamba_ssm's Mamba2 and its Triton scan; HF's
+# `time_step_limit`), by default (0, inf), and leaves A = -exp(A_log) unbounded. Then A_log > ~88.7 overflows
+# A to -inf in float32 (NaN logits: -inf * 0 on padding, where dt = 0, and -inf - -inf in the chunked scan's
+# decay differences), and a huge dt overflows dt * x and dt * A. Both bounds bind only far outside what
+# initialisation (dt in [dt_min, dt_max] = [1e-3, 0.1], A in [1, 16]) and training produce, so they change
+# no normal model's outputs:
+#   - dt <= 100, i.e. a softplus input >= 100 (the init bias is at most ~-2.25); at dt = 100 every head with
+#     A >= 0.5 already keeps less than exp(-50) of its state per step. dt >= 0 is the softplus's own range.
+#   - A <= 1e4 (A_log <= log 1e4 ~ 9.2, 6.5 nats above its largest initial value log 16). At the bound a head
+#     keeps exp(-1) of its state per step at the init floor dt = 1e-4 and nothing from dt = 0.01 (exp(-100)):
+#     only steps with both A > 1e4 and dt < 0.01 see a difference. No lower bound: A_log -> -inf gives
+#     A -> 0 (decay 1), which is finite.
+# Hence |dt * A| <= 1e6 per step: the decay exp(dt * A) lies in [0, 1] (0 where it underflows, a full reset)
+# and the cumulative log-decays stay finite for any chunk size. A value past a bound gets no gradient.
+DT_LIMIT = (0.0, 100.0)
+A_LOG_MAX = math.log(1e4)
 
 
 def ssm_init_values(config, heads):
@@ -55,6 +75,11 @@ class Mamba2Mixer(nn.Module):
                 b.reshape(*shape, self.groups, self.state_size),
                 c.reshape(*shape, self.groups, self.state_size))
 
+    def discretisation(self, dt):
+        """Raw dt [..., H] -> (step size dt [..., H], decay rate A [H] < 0) in float32, within the bounds above."""
+        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*DT_LIMIT)
+        return dt, -torch.exp(self.A_log.float().clamp(max=A_LOG_MAX))
+
     def _output(self, y, z):
         y = y.reshape(*z.shape)
         gated = gated_rms_norm(y, z, self.norm.weight, self.norm.eps, use_kernels=self.use_kernels)
@@ -68,9 +93,8 @@ class Mamba2Mixer(nn.Module):
         xbc_conv = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :seqlen].transpose(1, 2))  # (B, T, C)
         x, b, c = self._ssm_inputs(xbc_conv)
         real = torch.arange(seqlen, device=hidden.device)[None, :] < lengths[:, None]
-        # dt = 0 on padding: the state is neither decayed nor fed there.
-        dt = F.softplus(dt.float() + self.dt_bias.float()) * real[..., None]
-        A = -torch.exp(self.A_log.float())
+        dt, A = self.discretisation(dt)
+        dt = dt * real[..., None]  # dt = 0 on padding: the state is neither decayed nor fed there.
         y, final = ssd_scan(x, dt, A, b, c, self.chunk_size, D=self.D, output_final_state=state is not None,
                             use_kernels=self.use_kernels)
         if state is not None:
@@ -91,8 +115,7 @@ class Mamba2Mixer(nn.Module):
         window = torch.cat([state["conv"], xbc[:, :, None].to(state["conv"].dtype)], dim=-1)  # (B, C, k)
         conv = (window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias
         x, b, c = self._ssm_inputs(F.silu(conv).to(hidden.dtype))
-        dt = F.softplus(dt.float() + self.dt_bias.float())
-        A = -torch.exp(self.A_log.float())
+        dt, A = self.discretisation(dt)
         y, ssm = ssd_step(x, dt, A, b, c, state["ssm"], D=self.D, use_kernels=self.use_kernels)
         state["conv"] = where_rows(valid, window[..., 1:], state["conv"])
         state["ssm"] = where_rows(valid, ssm, state["ssm"])
