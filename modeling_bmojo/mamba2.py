@@ -76,7 +76,7 @@ class Mamba2Mixer(nn.Module):
                 c.reshape(*shape, self.groups, self.state_size))
 
     def discretisation(self, dt):
-        """Raw dt [..., H] -> (step size dt [..., H], decay rate A [H] < 0) in float32, within the bounds above."""
+        """Raw dt [..., H] -> (step size dt [..., H], decay rate A [H] < 0), float32, within the bounds."""
         dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*DT_LIMIT)
         return dt, -torch.exp(self.A_log.float().clamp(max=A_LOG_MAX))
 

@@ -34,7 +34,8 @@ def small_configs(draw):
 
 
 def _innovation_hooks(model, seen):
-    """Record each B'MOJO layer's innovation scores [B, T] and keys [B, T, Hkv, D] as its predictor sees them."""
+    """Record each B'MOJO layer's innovation scores [B, T] and keys [B, T, Hkv, D] as its predictor sees them
+    (the hook's args are (f_{t-1}, keys))."""
     def hook(i):
         return lambda module, args, output: seen.__setitem__(i, (output, args[1]))
 
@@ -74,19 +75,22 @@ def test_parallel_and_recurrent_forms_agree(cfg, length, data):
         if capacity is not None:
             assert int(torch.isfinite(state["store.s"]).sum(-1).max()) <= capacity  # filled entries
         for row in range(2):
-            cands, stores = brute_force_stores(scores[row].tolist(), [True] * length, window, per_chunk, capacity)
-            expected = {"store": stores[last], "prev": cands[last - 1] if last >= 1 else [], "cur": cands[last]}
+            cands, stores = brute_force_stores(scores[row].tolist(), [True] * length, window, per_chunk,
+                                               capacity)
+            prev = cands[last - 1] if last >= 1 else []
+            expected = {"store": stores[last], "prev": prev, "cur": cands[last]}
             for name, want in expected.items():
                 got = _positions(state[f"{name}.p"][row])
                 assert got == want, (i, name, row)
                 filled = torch.isfinite(state[f"{name}.s"][row])
                 assert int(filled.sum()) == len(want)
-                torch.testing.assert_close(state[f"{name}.s"][row][filled], scores[row, want], atol=1e-4, rtol=1e-4)
-                torch.testing.assert_close(state[f"{name}.k"][row][filled], keys[row, want], atol=1e-4, rtol=0)
+                got_s, got_k = state[f"{name}.s"][row][filled], state[f"{name}.k"][row][filled]
+                torch.testing.assert_close(got_s, scores[row, want], atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(got_k, keys[row, want], atol=1e-4, rtol=0)
 
 
 def _padded(ids, pads):
-    """Row b behind pads[b] padding tokens (left padding), then right padding up to the batch width; the mask."""
+    """Row b after pads[b] padding tokens (left padding), then right padding to the batch width; mask."""
     batch, length = ids.shape
     out = torch.zeros(batch, length + max(pads), dtype=ids.dtype)
     mask = torch.zeros_like(out)
@@ -96,8 +100,9 @@ def _padded(ids, pads):
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cfg=small_configs(), length=st.integers(1, 30), pads=st.lists(st.integers(0, 10), min_size=3, max_size=3),
-       perm=st.permutations(range(3)), data=st.data())
+@given(cfg=small_configs(), length=st.integers(1, 30),
+       pads=st.lists(st.integers(0, 10), min_size=3, max_size=3), perm=st.permutations(range(3)),
+       data=st.data())
 @torch.no_grad()
 def test_batch_rows_never_influence_each_other(cfg, length, pads, perm, data):
     """Permuting a (padded) batch permutes the outputs; changing one row changes no other row."""
@@ -218,8 +223,8 @@ def test_extreme_decay_parameters_keep_both_forms_finite_and_equal(a_log, dt_bia
         out = model(ids[:, :13], attention_mask=mask[:, :13], use_cache=True)
         rest = [out.logits]
         for t in range(13, 30):
-            rest.append(model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=out.past_key_values)
-                        .logits)
+            step = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=out.past_key_values)
+            rest.append(step.logits)
     real = mask.bool()
     assert bool(torch.isfinite(full[real]).all())
     torch.testing.assert_close(torch.cat(rest, 1)[real], full[real], atol=1e-4, rtol=0)
