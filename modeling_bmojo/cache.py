@@ -182,13 +182,6 @@ def check_cache_tensors(cache, dtype, layer_devices, skip_dtype=False):
                     f"cache for this model, or convert the model to the dtype the cache was made with")
 
 
-def _argument(fn_args, kwargs, names, position):
-    for name in names:
-        if kwargs.get(name) is not None:
-            return kwargs[name]
-    return fn_args[position] if len(fn_args) > position else None
-
-
 def _layer_device(layer):
     norm = getattr(layer, "input_norm", None)  # one known weight: walking parameters() is slower
     weight = getattr(norm, "weight", None)
@@ -197,35 +190,22 @@ def _layer_device(layer):
     return None if param is None or param.device.type == "meta" else param.device
 
 
-def check_cache_pre_hook(model, args, kwargs):
-    """Forward pre-hook (registered by BMojoPreTrainedModel): checks a filled cache's tensors against
-    the dtype and devices of the model reading it. Acts on modules with `layers` (BMojoModel); the
-    causal-LM wrapper passes the cache on to its BMojoModel, whose hook checks it. Positions follow
-    `BMojoModel.forward(input_ids, attention_mask, position_ids, cache, inputs_embeds, ...)`.
+def check_cache_storage(cache, model, inputs_embeds=None):
+    """Checks a filled cache's tensors against the dtype and devices of `model` (a BMojoModel) reading it.
 
     Decoding calls this every step, so a cache accepted once is not read again while the model, its
     dtype and embedding device and the set of filled layers stay the same: the model's own writes keep
     each tensor's dtype and device (`BMojoCache._map`, which reorders or moves the cache, and `reset`
     forget the acceptance)."""
-    layers = getattr(model, "layers", None)
-    if layers is None:
+    if cache.is_empty:
         return
-    cache = _argument(args, kwargs, ("cache", "past_key_values"), 3)
-    if not isinstance(cache, BMojoCache) or cache.is_empty:
-        return  # other types are refused by check_cache in forward
-    embeds = _argument(args, kwargs, ("inputs_embeds",), 4)
     weight = model.get_input_embeddings().weight
-    dtype = embeds.dtype if torch.is_tensor(embeds) else weight.dtype
+    dtype = inputs_embeds.dtype if inputs_embeds is not None else weight.dtype
     skip_dtype = _autocast_on(weight.device.type)
     key = (id(model), dtype, weight.device, skip_dtype, tuple(state is not None for state in cache.states))
-    if cache.verified_for == key:
-        return
-    try:
-        check_cache_tensors(cache, dtype, [_layer_device(layer) for layer in layers], skip_dtype)
-    except ValueError:
-        check_cache(cache, model.config)  # a cache of another config: the better explanation
-        raise
-    cache.verified_for = key
+    if cache.verified_for != key:
+        check_cache_tensors(cache, dtype, [_layer_device(layer) for layer in model.layers], skip_dtype)
+        cache.verified_for = key
 
 
 def _autocast_on(device_type):

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ..configuration.configuration_bmojo import BMojoConfig
 from .attention import Attention, BMojoMixer
-from .cache import CACHE_NAME, BMojoCache, check_cache, check_cache_pre_hook, pick_cache
+from .cache import CACHE_NAME, BMojoCache, check_cache, check_cache_storage, pick_cache
 from .checkpoint import load_checked
 from .common import RMSNorm, swiglu
 from .inputs import check_inputs, left_justify_order
@@ -36,7 +36,8 @@ class BMojoModelOutput(BaseModelOutputWithPast):
 
 @dataclass
 class BMojoCausalLMOutput(CausalLMOutputWithPast):
-    """`loss` = LM loss + `innovation_loss` when labels are given."""
+    """`loss` = LM loss + `innovation_loss` when labels are given (the innovation term weighted by this
+    batch's share of `num_items_in_batch` when the Trainer passes it; `innovation_loss` is unweighted)."""
 
     innovation_loss: torch.FloatTensor | None = None
 
@@ -108,8 +109,6 @@ class BMojoPreTrainedModel(PreTrainedModel):
         if isinstance(config, BMojoConfig):
             config._validate()  # also catches fields assigned after the config was built
         super().__init__(config, *inputs, **kwargs)
-        # A filled cache must be in this model's dtype and on its layers' devices (cache.py).
-        self.register_forward_pre_hook(check_cache_pre_hook, with_kwargs=True)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -159,6 +158,7 @@ class BMojoModel(BMojoPreTrainedModel):
             use_cache = self.config.use_cache and not self.training
         if past_key_values is not None:
             check_cache(past_key_values, self.config)
+            check_cache_storage(past_key_values, self, inputs_embeds)  # its dtype and devices are this model's
         elif use_cache:
             past_key_values = BMojoCache(self.config)
         mask = check_inputs(self.config, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values)
