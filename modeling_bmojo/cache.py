@@ -149,13 +149,15 @@ def pick_cache(cache, past_key_values):
 
 def check_cache(cache, config):
     if not isinstance(cache, BMojoCache):
-        raise ValueError(f"past_key_values must be a BMojoCache (or None), got {type(cache).__name__}")
+        raise ValueError(f"the cache (`cache` / `past_key_values`) must be a BMojoCache (or None), "
+                         f"got {type(cache).__name__}")
     mine, theirs = dict(_fingerprint(config)), dict(cache.fingerprint)
     differ = [k for k in mine if mine[k] != theirs.get(k)]
     if differ:
         shown = ", ".join(f"{k}={theirs.get(k, '?')} (model: {mine[k]})" for k in differ[:4])
         more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
-        raise ValueError(f"past_key_values is a BMojoCache made for a model with a different config: "
+        raise ValueError(f"the cache (`cache` / `past_key_values`) is a BMojoCache made for a model with a "
+                         f"different config: "
                          f"{shown}{more}; start a new cache for this model")
 
 
@@ -170,14 +172,14 @@ def check_cache_tensors(cache, dtype, layer_devices, skip_dtype=False):
         for name, t in state.items():
             if device is not None and t.device != device:
                 raise ValueError(
-                    f"past_key_values holds layer {i}'s {name!r} on {t.device} but that layer's weights are "
+                    f"the cache holds layer {i}'s {name!r} on {t.device} but that layer's weights are "
                     f"on {device}; move the model back, or start a new cache for it where it is now")
             if skip_dtype or not t.is_floating_point():
                 continue
             want = torch.float32 if name.rpartition(".")[2] in _FLOAT32_STATES else dtype
             if t.dtype != want:
                 raise ValueError(
-                    f"past_key_values holds layer {i}'s {name!r} in {t.dtype}, expected {want} for a model "
+                    f"the cache holds layer {i}'s {name!r} in {t.dtype}, expected {want} for a model "
                     f"computing in {dtype} (the cache was filled by a model in another dtype); start a new "
                     f"cache for this model, or convert the model to the dtype the cache was made with")
 
