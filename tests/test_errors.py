@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
 import bmojo
-from bmojo.modeling.checkpoint import CheckpointMismatchError
+from bmojo.modeling_bmojo.checkpoint import CheckpointMismatchError
 from conftest import random_ids, tiny_model
 
 NAN, INF = float("nan"), float("inf")

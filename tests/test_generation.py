@@ -41,12 +41,12 @@ def test_cache_accepted_under_both_names():
     full = model(ids).logits[:, -1]
     for name in ("cache", "past_key_values"):
         prefix = model(ids[:, :11], use_cache=True)
-        cache = getattr(prefix, bmojo.modeling.cache.CACHE_NAME)
+        cache = getattr(prefix, bmojo.modeling_bmojo.cache.CACHE_NAME)
         step = model(ids[:, 11:], **{name: cache}).logits[:, -1]
         torch.testing.assert_close(step, full, atol=1e-4, rtol=0)
     other = model(ids[:, :11], use_cache=True)
     with pytest.raises(ValueError, match="not two different ones"):
-        model(ids[:, 11:], cache=cache, past_key_values=getattr(other, bmojo.modeling.cache.CACHE_NAME))
+        model(ids[:, 11:], cache=cache, past_key_values=getattr(other, bmojo.modeling_bmojo.cache.CACHE_NAME))
 
 
 def test_sampling_and_num_return_sequences():

@@ -132,7 +132,7 @@ def test_window_none_is_causal():
 def test_interpreter_suite():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", __file__]
-    # run from tests/: `-m` puts the working directory first on sys.path, and the repo root's bmojo/
+    # run from tests/: `-m` puts the working directory first on sys.path, and the repo root
     # folder (unmapped) would shadow the installed package
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
                           cwd=os.path.dirname(os.path.abspath(__file__)))

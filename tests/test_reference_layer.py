@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bmojo.modeling.reference import bmojo_layer_reference
+from bmojo.modeling_bmojo.reference import bmojo_layer_reference
 from conftest import tiny_model
 
 

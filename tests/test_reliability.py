@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 import bmojo
 from bmojo.kernels.innovation import EMPTY
-from bmojo.modeling.mamba2 import Mamba2Mixer
+from bmojo.modeling_bmojo.mamba2 import Mamba2Mixer
 from conftest import random_ids, tiny_model
 from test_eidetic import brute_force_stores
 

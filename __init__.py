@@ -6,7 +6,7 @@ Importing it registers `BMojoConfig` and `BMojoForCausalLM` with the Auto classe
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration import BMojoConfig, preset_config, preset_names
-from .modeling import BMojoCache, BMojoForCausalLM, BMojoModel
+from .modeling_bmojo import BMojoCache, BMojoForCausalLM, BMojoModel
 
 __version__ = "0.1.0"
 
