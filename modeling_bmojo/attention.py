@@ -13,9 +13,10 @@ from torch import nn
 
 from ..kernels.dispatch import memory_attention
 from ..kernels.memory_attention.naive import attend_segments
-from .common import RMSNorm, gather_last, push, rope_angles, rotate, where_rows
-from .innovation import InnovationPredictor, empty_set, parallel_eidetic, sets_after_prefill, step_sets
+from .common import RMSNorm, rope_angles, rotate
+from .innovation import InnovationPredictor, parallel_eidetic, sets_after_prefill, step_sets
 from .mamba2 import Mamba2Mixer
+from .state import AttentionState, BMojoState, copy_rows
 
 
 class Attention(nn.Module):
@@ -69,31 +70,13 @@ class Attention(nn.Module):
         q_rot, k_rot = self.rope(q, angles), self.rope(k, angles)
         o = memory_attention(q_rot, k_rot, v, self.window, use_kernels=self.use_kernels)
         if state is not None:
-            if self.window is None:
-                state["k"], state["v"] = k_rot, v
-                state["kv_valid"] = pos < lengths[:, None]
-            else:
-                state["k"], state["kv_valid"] = gather_last(k_rot, lengths, self.window)
-                state["v"], _ = gather_last(v, lengths, self.window)
-        return self._out(o), hidden.new_zeros(())
+            state.window.fill(k_rot, v, lengths)
+        return self._out(o), hidden.new_zeros((), dtype=torch.float32)
 
-    def empty_state(self, batch, device, dtype):
-        size = 0 if self.window is None else self.window
-        return {
-            "k": torch.zeros(batch, size, self.kv_heads, self.head_dim, device=device, dtype=dtype),
-            "v": torch.zeros(batch, size, self.kv_heads, self.head_dim, device=device, dtype=dtype),
-            "kv_valid": torch.zeros(batch, size, dtype=torch.bool, device=device),
-        }
-
-    def _push_window(self, state, k_rot, v, valid):
-        if self.window is None:  # a growing cache: every column is kept, invalid ones masked
-            state["k"] = torch.cat([state["k"], k_rot[:, None].to(state["k"].dtype)], dim=1)
-            state["v"] = torch.cat([state["v"], v[:, None].to(state["v"].dtype)], dim=1)
-            state["kv_valid"] = torch.cat([state["kv_valid"], valid[:, None]], dim=1)
-        else:
-            state["k"] = push(state["k"], k_rot, valid)
-            state["v"] = push(state["v"], v, valid)
-            state["kv_valid"] = push(state["kv_valid"], valid, valid)
+    def new_state(self, batch, device, dtype, max_length):
+        """The decoding state: a ring of the last w keys/values, or (full attention) room for `max_length`."""
+        size = max_length if self.window is None else self.window
+        return AttentionState(batch, size, self.kv_heads, self.head_dim, device, dtype, full=self.window is None)
 
     def _attend(self, q_rot, segments):
         """q_rot [B, H, D] against [(q, k [B, S, Hkv, D], v, mask [B, S])] -> [B, H, D]."""
@@ -107,13 +90,18 @@ class Attention(nn.Module):
         o = attend_segments(segs, 1.0 / math.sqrt(self.head_dim))
         return o.reshape(batch, self.heads, self.head_dim).to(q_rot.dtype)
 
-    def step(self, hidden, pos, valid, state):
-        q, k, v = self.project(hidden)  # (B, H, D), (B, Hkv, D)
+    def rotate_one(self, pos, *tensors):
+        """RoPE at positions pos [B] for one token per row: each tensor [B, H, D]."""
         angles = self.angles(pos[:, None])
-        q_rot, k_rot = self.rope(q[:, None], angles)[:, 0], self.rope(k[:, None], angles)[:, 0]
-        self._push_window(state, k_rot, v, valid)
-        o = self._attend(q_rot, [(q_rot, state["k"], state["v"], state["kv_valid"])])
-        return self._out(o)
+        return [self.rope(t[:, None], angles)[:, 0] for t in tensors]
+
+    def step(self, hidden, pos, valid, state):
+        """One token per row: hidden [B, d] at positions pos [B]; rows where not `valid` leave `state` as it was."""
+        q, k, v = self.project(hidden)  # (B, H, D), (B, Hkv, D)
+        q_rot, k_rot = self.rotate_one(pos, q, k)
+        ring = state.window
+        ring.push(k_rot, v, pos, valid)
+        return self._out(self._attend(q_rot, [(q_rot, ring.k, ring.v, ring.pos >= 0)]))
 
 
 class BMojoMixer(Attention):
@@ -138,7 +126,7 @@ class BMojoMixer(Attention):
 
     def forward(self, hidden, lengths, state=None):
         batch, seqlen, _ = hidden.shape
-        f = self.fading(hidden, lengths, state)  # (B, T, d): the fading memory at every position
+        f, _ = self.fading(hidden, lengths, None if state is None else state.fading)  # (B, T, d)
         q, k, v = self.project(hidden)
         kf, vf = self.fading_kv(f)
         pos = torch.arange(seqlen, device=hidden.device).expand(batch, -1)
@@ -156,56 +144,45 @@ class BMojoMixer(Attention):
         o = memory_attention(q_rot, k_rot, v, self.window, use_kernels=self.use_kernels, fading_keys=kf_rot,
                              fading_values=vf, fading_tokens=self.fading_tokens, **extra)
         if state is not None:
-            state["k"], state["kv_valid"] = gather_last(k_rot, lengths, self.window)
-            state["v"], _ = gather_last(v, lengths, self.window)
-            span = self.window + self.fading_tokens
-            state["fk"], state["f_valid"] = gather_last(kf_rot, lengths, span)
-            state["fv"], _ = gather_last(vf, lengths, span)
-            state["f_last"] = gather_last(f, lengths, 1)[0][:, 0]
+            state.window.fill(k_rot, v, lengths)
+            state.band.fill(kf_rot, vf, lengths)
+            state.f_last.copy_(f[torch.arange(batch, device=f.device), (lengths - 1).clamp(min=0)]
+                               * (lengths > 0)[:, None])
             if self.eidetic:
-                for name, token_set in sets_after_prefill(lengths, self.window, cands, stores, k, v).items():
-                    state.update({f"{name}.{key}": t for key, t in token_set.items()})
+                prefilled = sets_after_prefill(lengths, self.window, cands, stores, k, v)
+                for name, token_set in state.sets().items():
+                    token_set.assign(prefilled[name])
         return self._out(o), aux
 
-    def empty_state(self, batch, device, dtype):
-        state = super().empty_state(batch, device, dtype)
-        state.update(self.fading.empty_state(batch, device, dtype))
-        span = self.window + self.fading_tokens
-        like = torch.zeros(batch, 1, self.kv_heads, self.head_dim, device=device, dtype=dtype)
-        state["fk"] = torch.zeros(batch, span, self.kv_heads, self.head_dim, device=device, dtype=dtype)
-        state["fv"] = torch.zeros_like(state["fk"])
-        state["f_valid"] = torch.zeros(batch, span, dtype=torch.bool, device=device)
-        state["f_last"] = torch.zeros(batch, self.fading.hidden_size, device=device, dtype=dtype)
-        if self.eidetic:
-            sizes = {"store": self.capacity or 0, "prev": self.per_chunk, "cur": self.per_chunk}
-            for name, size in sizes.items():
-                state.update({f"{name}.{key}": t for key, t in empty_set(batch, size, like).items()})
-        return state
+    def new_state(self, batch, device, dtype, max_length):
+        fading = self.fading.new_state(batch, device, dtype, max_length)
+        sizes = (self.capacity or 0, self.per_chunk) if self.eidetic else None
+        return BMojoState(batch, fading, self.window, self.window + self.fading_tokens, self.kv_heads,
+                          self.head_dim, self.fading.hidden_size, sizes, device, dtype)
 
     def step(self, hidden, pos, valid, state):
-        f = self.fading.step(hidden, valid, state)  # (B, d)
+        f = self.fading.step(hidden, pos, valid, state.fading)  # (B, d)
         q, k, v = self.project(hidden)
         kf, vf = self.fading_kv(f)
         segments = []
         if self.eidetic:
-            innovation = self.predictor(state["f_last"][:, None], k[:, None])[:, 0]  # (B,)
-            token = {"s": innovation.detach(), "p": pos, "k": k, "v": v}
+            innovation = self.predictor(state.f_last[:, None], k[:, None])[:, 0]  # (B,)
+            token = {"s": innovation.detach().float(), "p": pos, "k": k, "v": v}
             token = {name: t[:, None] for name, t in token.items()}
-            sets = {name: {key: state[f"{name}.{key}"] for key in "spkv"} for name in ("store", "prev", "cur")}
             at_boundary = valid & (pos % self.window == 0)
+            sets = {name: token_set.as_dict() for name, token_set in state.sets().items()}
             sets = step_sets(sets, token, at_boundary, valid, self.capacity, self.per_chunk)
-            for name, token_set in sets.items():
-                state.update({f"{name}.{key}": t for key, t in token_set.items()})
-            store = sets["store"]
-            segments.append((q, store["k"], store["v"], ~torch.isneginf(store["s"])))
-        state["f_last"] = where_rows(valid, f.to(state["f_last"].dtype), state["f_last"])
-        angles = self.angles(pos[:, None])
-        q_rot, k_rot, kf_rot = (self.rope(t[:, None], angles)[:, 0] for t in (q, k, kf))
-        self._push_window(state, k_rot, v, valid)
-        state["fk"] = push(state["fk"], kf_rot, valid)
-        state["fv"] = push(state["fv"], vf, valid)
-        state["f_valid"] = push(state["f_valid"], valid, valid)
-        nf = self.fading_tokens
-        segments = [(q_rot, state["k"], state["v"], state["kv_valid"]),
-                    (q_rot, state["fk"][:, :nf], state["fv"][:, :nf], state["f_valid"][:, :nf])] + segments
+            for name, token_set in state.sets().items():
+                token_set.assign(sets[name])
+            store = state.store
+            segments.append((q, store.k, store.v, ~torch.isneginf(store.s)))
+        copy_rows(state.f_last, f, valid)
+        q_rot, k_rot, kf_rot = self.rotate_one(pos, q, k, kf)
+        state.window.push(k_rot, v, pos, valid)
+        band = state.band
+        band.push(kf_rot, vf, pos, valid)
+        # The ring holds the last w + n_f fading keys; the band is the oldest n_f: positions <= t - w.
+        in_band = (band.pos >= 0) & (band.pos <= (pos - self.window)[:, None])
+        segments = [(q_rot, state.window.k, state.window.v, state.window.pos >= 0),
+                    (q_rot, band.k, band.v, in_band)] + segments
         return self._out(self._attend(q_rot, segments))

@@ -1,17 +1,22 @@
 """`BMojoCache`: what each layer needs to continue a sequence one token at a time (DESIGN.md §5).
 
-Per layer, a dict of batch-first tensors: the Mamba-2 conv and SSM states, the last w window
-keys/values, the last w + n_f fading keys/values, the fading output f_{t-1}, and the eidetic sets
-(store, previous and current chunk candidates). Sizes are fixed by w, n_f and M_e, so decoding
-memory does not grow with the context (full-attention layers excepted: they keep every key).
+One typed state per layer (`state.py`), allocated at the first forward (when batch, device and dtype
+are known) at its final shapes and updated in place by the mixers' `step`: the Mamba-2 conv and SSM
+states, the window ring, the ring of fading keys/values, the fading output f_{t-1}, and the eidetic
+sets. Sizes are fixed by w, n_f and M_e, so decoding memory does not grow with the context
+(full-attention layers keep every key, in a buffer sized for the generation).
 
 Rows may hold different numbers of real tokens (left padding): `lengths[b]` counts row b's real
-tokens, while `get_seq_length()` counts every column seen, as `generate()` expects.
+tokens, while `get_seq_length()` counts every column seen, as `generate()` expects. Both are device
+tensors updated in place, so a compiled decode step reads and advances them without guards on
+Python numbers (a changing Python int would recompile the step every token).
 """
 
 import torch
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .state import FullKeyValues
 
 # transformers 5.24 renamed the cache argument of forward()/generate() and the output field from
 # `past_key_values` to `cache` (the old name is deprecated until 5.40). Both names are accepted on
@@ -20,40 +25,117 @@ CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ e
 
 
 class BMojoCache(Cache):
-    """Cache of a B'MOJO model. Created empty; the first forward pass fills it."""
+    """Cache of a B'MOJO model. Created empty; the first forward pass allocates and fills it.
 
-    def __init__(self, config, **kwargs):
-        # Our layers are plain dicts: transformers' layer registry changed within 5.x and is not used.
+    `max_cache_len`: positions a full-attention layer gets room for (generate() passes its max_length);
+    None lets those buffers grow as needed, which keeps the cache out of compiled decoding."""
+
+    def __init__(self, config, max_cache_len=None, **kwargs):
+        # Our layers are typed states of our own: transformers' layer registry changed within 5.x.
         super().__init__(layers=[])
         self.config = config
         self.num_layers = config.num_hidden_layers
+        self._max_cache_len = max_cache_len
         self.states = [None] * self.num_layers
-        self.lengths = None  # (B,) real tokens per row
-        self.seen_tokens = 0
+        self.lengths = None  # (B,) int64: real tokens per row
+        self.seen = None  # () int64: columns seen, padding included
+        self.dtype = None  # the dtype the states were allocated in (the model's compute dtype)
+        self.devices = None  # each layer's state's device
+        self.filled = False
         self.fingerprint = _fingerprint(config)
         self.verified_for = None  # what check_cache_tensors last accepted this cache for
+
+    @property
+    def max_cache_len(self):
+        """Room of full-attention layers (transformers' own caches name it so; None: they grow)."""
+        return self._max_cache_len
 
     # --- what the model uses -------------------------------------------------------------
     @property
     def is_empty(self):
-        return self.lengths is None
+        return not self.filled
 
-    def start(self, lengths):
-        self.lengths = lengths.clone()
+    def allocate(self, model, batch, seqlen, device, dtype):
+        """States for a new sequence of `batch` rows and a `seqlen`-column prefill: the existing ones,
+        cleared in place, when they fit (so compiled decoding keeps its buffers' addresses), else new."""
+        room = max(seqlen, self.max_cache_len or 0)
+        # each layer's state lives where that layer's weights are (device_map may spread them)
+        devices = [_layer_device(layer) or device for layer in model.layers]
+        if not self._fits(batch, room, devices, dtype):
+            self.states = [layer.mixer.new_state(batch, where, dtype, room)
+                           for layer, where in zip(model.layers, devices)]
+            self.devices = devices
+            self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+            self.seen = torch.zeros((), dtype=torch.long, device=device)
+            self.dtype = dtype
+            self._mark_static()
+        else:
+            for state in self.states:
+                state.reset_()
+        self.verified_for = None
+
+    def _fits(self, batch, room, devices, dtype):
+        if self.lengths is None or self.lengths.shape[0] != batch or self.devices != devices:
+            return False
+        return self.dtype == dtype and all(full.size >= room for full in self._full_attention_buffers())
+
+    def _full_attention_buffers(self):
+        return [state.window for state in self.states if isinstance(getattr(state, "window", None), FullKeyValues)]
+
+    def start(self, lengths, columns):
+        self.lengths.copy_(lengths)
+        self.seen.fill_(columns)
+        self.filled = True
+
+    def advance(self, valid, columns):
+        """After a decode step: each row's real-token count and the column count, in place."""
+        self.lengths.add_(valid.long())
+        self.seen.add_(columns)
+
+    def reserve(self, new):
+        """Room for `new` more positions in full-attention layers (eager decoding past max_cache_len)."""
+        buffers = self._full_attention_buffers()
+        if not buffers:  # nothing grows: no need to read the column count from the device
+            return
+        needed = self.get_seq_length() + new
+        if any(full.size < needed for full in buffers):
+            for full in buffers:
+                full.reserve(needed)
+            self.verified_for = None
+            self._mark_static()
+
+    def _mark_static(self):
+        if torch.compiler.is_compiling():
+            return
+        for state in self.states:
+            state.mark_static()
+        for t in (self.lengths, self.seen):
+            torch._dynamo.mark_static_address(t)
 
     # --- what generate() uses -------------------------------------------------------------
     def get_seq_length(self, layer_idx=0):
-        return self.seen_tokens
+        return int(self.seen) if self.filled else 0
+
+    @property
+    def seen_tokens(self):
+        return self.get_seq_length()
 
     def get_max_length(self, layer_idx=None):
         return -1
 
     def get_mask_sizes(self, query_length, layer_idx=0):
-        return self.seen_tokens + query_length, 0
+        return self.get_seq_length() + query_length, 0
 
     @property
     def is_compileable(self):
-        return False
+        """True when every layer's state has a fixed size: no unbounded eidetic store, and full-attention
+        layers only with a known `max_cache_len` (generate() gives one)."""
+        config = self.config
+        kinds = set(config.mixer_types)
+        if "full_attention" in kinds and self.max_cache_len is None:
+            return False
+        unbounded = config.eidetic_capacity is None and config.eidetic_tokens_per_chunk > 0
+        return not ("bmojo" in kinds and unbounded)
 
     @property
     def is_croppable(self):
@@ -61,7 +143,7 @@ class BMojoCache(Cache):
 
     @property
     def is_initialized(self):
-        return not self.is_empty
+        return self.filled
 
     @property
     def batch_size(self):
@@ -70,46 +152,48 @@ class BMojoCache(Cache):
     def __len__(self):
         return self.num_layers
 
-    def _map(self, fn):
-        self.verified_for = None  # fn may move or cast the tensors
+    def _rebind(self, fn):
+        """Applies fn to every tensor (a batch change): new tensors, so they are marked static again."""
+        self.verified_for = None
         for state in self.states:
-            if state is not None:
-                for name in state:
-                    state[name] = fn(state[name])
-        if self.lengths is not None:
-            self.lengths = fn(self.lengths)
+            state.map_(fn)
+        self.lengths = fn(self.lengths)
+        self._mark_static()
 
     def reorder_cache(self, beam_idx):
-        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+        if self.lengths is None:
+            return
+        index = beam_idx.to(self.lengths.device)
+        for state in self.states:
+            state.reorder_(index.to(next(state.named_tensors())[1].device))
+        self.lengths.copy_(self.lengths.index_select(0, index))
 
     def batch_repeat_interleave(self, repeats):
-        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+        if self.lengths is not None:
+            self._rebind(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices):
-        self._map(lambda t: t[indices.to(t.device)])
+        if self.lengths is not None:
+            self._rebind(lambda t: t[indices.to(t.device)])
 
     def reset(self):
+        """Forgets the sequence; the states stay allocated and are cleared at the next prefill."""
         self.verified_for = None
-        self.states = [None] * self.num_layers
-        self.lengths = None
-        self.seen_tokens = 0
+        self.filled = False
 
     def crop(self, max_length):
+        seen = self.get_seq_length()
         if max_length < 0:
-            max_length = self.seen_tokens + max_length
-        if max_length != self.seen_tokens:
+            max_length = seen + max_length
+        if max_length != seen:
             raise ValueError(
                 "BMojoCache cannot be cropped: its SSM state and eidetic store cannot forget tokens "
-                f"(asked to keep {max_length} of {self.seen_tokens} tokens). Re-run the prefix instead."
+                f"(asked to keep {max_length} of {seen} tokens). Re-run the prefix instead."
             )
 
     def nbytes(self):
-        """Bytes held by the cache's tensors (for memory checks)."""
-        total = 0
-        for state in self.states:
-            if state is not None:
-                total += sum(t.numel() * t.element_size() for t in state.values())
-        return total
+        """Bytes held by the cache's states (for memory checks)."""
+        return sum(state.nbytes() for state in self.states if state is not None)
 
 
 # Every config field that shapes a cached tensor or gives it its meaning: layer count and kinds, widths
@@ -126,11 +210,6 @@ FINGERPRINT_FIELDS = (
     "eidetic_capacity", "eidetic_tokens_per_chunk", "ssm_state_size", "ssm_head_dim", "ssm_expand",
     "ssm_n_groups", "conv_kernel",
 )
-
-# Cached floating-point tensors the mixers keep in float32 whatever the model's dtype (by the last part
-# of their name): the SSM state and the eidetic scores. Every other floating tensor is in the model's.
-_FLOAT32_STATES = ("ssm", "s")
-
 
 def _fingerprint(config):
     """What a cache must agree on with the model that reads it."""
@@ -162,26 +241,23 @@ def check_cache(cache, config):
 
 
 def check_cache_tensors(cache, dtype, layer_devices, skip_dtype=False):
-    """A filled cache must hold its tensors in the dtype the model computes in and, layer by layer, on the
-    device of that layer's weights; otherwise the first decode step would fail deep inside a matmul (or
-    silently compute in another precision). `layer_devices[i]` None skips layer i's device check."""
+    """A filled cache must have been allocated in the dtype the model computes in and hold each layer's
+    state on the device of that layer's weights; otherwise the first decode step would fail deep inside a
+    matmul (or silently compute in another precision). `layer_devices[i]` None skips layer i's device check."""
+    if not skip_dtype and cache.dtype != dtype:
+        raise ValueError(
+            f"the cache holds its states in {cache.dtype}, expected {dtype} for a model computing in {dtype} "
+            f"(the cache was filled by a model in another dtype); start a new cache for this model, or convert "
+            f"the model to the dtype the cache was made with")
     for i, state in enumerate(cache.states):
-        if not state:
-            continue
         device = layer_devices[i] if i < len(layer_devices) else None
-        for name, t in state.items():
-            if device is not None and t.device != device:
+        if state is None or device is None:
+            continue
+        for name, t in state.named_tensors():
+            if t.device != device:
                 raise ValueError(
                     f"the cache holds layer {i}'s {name!r} on {t.device} but that layer's weights are "
                     f"on {device}; move the model back, or start a new cache for it where it is now")
-            if skip_dtype or not t.is_floating_point():
-                continue
-            want = torch.float32 if name.rpartition(".")[2] in _FLOAT32_STATES else dtype
-            if t.dtype != want:
-                raise ValueError(
-                    f"the cache holds layer {i}'s {name!r} in {t.dtype}, expected {want} for a model "
-                    f"computing in {dtype} (the cache was filled by a model in another dtype); start a new "
-                    f"cache for this model, or convert the model to the dtype the cache was made with")
 
 
 def _layer_device(layer):
@@ -196,15 +272,14 @@ def check_cache_storage(cache, model, inputs_embeds=None):
     """Checks a filled cache's tensors against the dtype and devices of `model` (a BMojoModel) reading it.
 
     Decoding calls this every step, so a cache accepted once is not read again while the model, its
-    dtype and embedding device and the set of filled layers stay the same: the model's own writes keep
-    each tensor's dtype and device (`BMojoCache._map`, which reorders or moves the cache, and `reset`
-    forget the acceptance)."""
+    dtype and embedding device stay the same: the model's own writes keep each tensor's dtype and device
+    (`BMojoCache._rebind`, `reserve` and `allocate`, which make new tensors, forget the acceptance)."""
     if cache.is_empty:
         return
     weight = model.get_input_embeddings().weight
     dtype = inputs_embeds.dtype if inputs_embeds is not None else weight.dtype
     skip_dtype = _autocast_on(weight.device.type)
-    key = (id(model), dtype, weight.device, skip_dtype, tuple(state is not None for state in cache.states))
+    key = (id(model), dtype, weight.device, skip_dtype)
     if cache.verified_for != key:
         check_cache_tensors(cache, dtype, [_layer_device(layer) for layer in model.layers], skip_dtype)
         cache.verified_for = key

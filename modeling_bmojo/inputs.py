@@ -14,7 +14,14 @@ def _has_hole(mask):
 
 
 def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids, cache):
-    """Validates one forward call; returns the bool mask of the new tokens [B, T]."""
+    """Validates one forward call; returns the bool mask of the new tokens [B, T].
+
+    `attention_mask` covers the cached and the new columns (B, past + T), as transformers passes it, or,
+    on a filled cache, only the new ones (B, T): generate() is given the latter (`prepare_inputs_for_generation`)
+    so that a compiled decode step sees the same shapes at every token. Checks that read tensor values
+    (id range, 0/1 mask, holes, positions) run in eager calls only: inside a compiled step they would
+    break the graph or sync the device every token."""
+    checking_values = not torch.compiler.is_compiling()
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
     if input_ids is not None:
@@ -23,7 +30,7 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
             raise ValueError(f"input_ids must be an integer tensor, got {kind}")
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must have shape (batch, seq_len) with seq_len >= 1, got {tuple(input_ids.shape)}")
-        low, high = int(input_ids.min()), int(input_ids.max())
+        low, high = (int(input_ids.min()), int(input_ids.max())) if checking_values else (0, 0)
         if low < 0 or high >= config.vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"input_ids must lie in [0, {config.vocab_size - 1}] (vocab_size={config.vocab_size}), "
@@ -39,19 +46,24 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
         batch, new = inputs_embeds.shape[:2]
         device = inputs_embeds.device
     filled = cache is not None and not cache.is_empty
-    past = cache.seen_tokens if filled else 0
     if filled and cache.batch_size != batch:
         raise ValueError(f"batch size {batch} does not match the cache's batch size {cache.batch_size}")
 
     if attention_mask is None:
         mask = torch.ones(batch, new, dtype=torch.bool, device=device)
     else:
-        if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, past + new):
-            raise ValueError(f"attention_mask must have shape (batch, past + seq_len) = ({batch}, {past + new}), "
-                             f"got {tuple(attention_mask.shape)}")
-        if attention_mask.dtype != torch.bool and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        columns = attention_mask.shape[-1]
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or (columns != new and checking_values
+                                                                              and columns != _past(cache) + new):
+            shapes = f"({batch}, {new})" + (f" or ({batch}, {_past(cache) + new})" if filled else "")
+            raise ValueError(f"attention_mask must have shape (batch, past + seq_len) or, after a prefill, "
+                             f"(batch, seq_len): {shapes}, got {tuple(attention_mask.shape)}")
+        if checking_values and attention_mask.dtype != torch.bool \
+                and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError("attention_mask must hold only 0 and 1")
-        mask = attention_mask[:, past:].to(device=device, dtype=torch.bool)
+        mask = attention_mask[:, columns - new:].to(device=device, dtype=torch.bool)
+    if not checking_values:
+        return mask
     started = (cache.lengths > 0)[:, None] if filled else mask.new_zeros(batch, 0)
     if _has_hole(torch.cat([started, mask], dim=1)):
         raise ValueError("attention_mask has a 0 between real tokens of a row; only left or right padding "
@@ -67,6 +79,10 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
             raise ValueError("position_ids must count each row's real tokens from 0, continuing the cache "
                              "(packed or shifted positions are not supported); leave them out to derive them")
     return mask
+
+
+def _past(cache):
+    return 0 if cache is None or cache.is_empty else cache.get_seq_length()
 
 
 def left_justify_order(mask):

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.dispatch import ssd_scan, ssd_step
-from .common import RMSNorm, gated_rms_norm, gather_last, where_rows
+from .common import RMSNorm, gated_rms_norm, gather_last
+from .state import Mamba2State, copy_rows
 
 # Bounds of the discretisation, applied in both forms (parallel and one-token step) so they stay one function.
 # Mamba-2 clamps dt after the softplus to `dt_limit` (mamba_ssm's Mamba2 and its Triton scan; HF's
@@ -86,8 +87,8 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(gated)
 
     def forward(self, hidden, lengths, state=None):
-        """hidden [B, T, d]; rows hold lengths[b] real tokens first, padding after.
-        Writes the recurrent state at each row's length into `state` when given."""
+        """hidden [B, T, d]; rows hold lengths[b] real tokens first, padding after. Returns (out, aux = 0).
+        Writes the recurrent state at each row's length into `state` (a Mamba2State) when given."""
         seqlen = hidden.shape[1]
         z, xbc, dt = self._split(self.in_proj(hidden))
         xbc_conv = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :seqlen].transpose(1, 2))  # (B, T, C)
@@ -99,24 +100,23 @@ class Mamba2Mixer(nn.Module):
                             use_kernels=self.use_kernels)
         if state is not None:
             conv, _ = gather_last(xbc, lengths, self.kernel - 1)  # (B, k-1, C)
-            state["conv"] = conv.transpose(1, 2).contiguous()
-            state["ssm"] = final
-        return self._output(y, z)
+            state.conv.copy_(conv.transpose(1, 2))
+            state.ssm.copy_(final)
+        return self._output(y, z), hidden.new_zeros((), dtype=torch.float32)
 
-    def empty_state(self, batch, device, dtype):
-        return {
-            "conv": torch.zeros(batch, self.conv_dim, self.kernel - 1, device=device, dtype=dtype),
-            "ssm": torch.zeros(batch, self.heads, self.head_dim, self.state_size, device=device, dtype=torch.float32),
-        }
+    def new_state(self, batch, device, dtype, max_length=None):
+        return Mamba2State(batch, self.conv_dim, self.kernel, self.heads, self.head_dim, self.state_size,
+                           device, dtype)
 
-    def step(self, hidden, valid, state):
-        """One token per row: hidden [B, d], valid [B] bool. Updates state for valid rows only."""
+    def step(self, hidden, pos, valid, state):
+        """One token per row: hidden [B, d], valid [B] bool. Updates `state` in place for valid rows only
+        (`pos` is unused: the SSM has no positions; the argument keeps one signature for every mixer)."""
         z, xbc, dt = self._split(self.in_proj(hidden))
-        window = torch.cat([state["conv"], xbc[:, :, None].to(state["conv"].dtype)], dim=-1)  # (B, C, k)
+        window = torch.cat([state.conv, xbc[:, :, None].to(state.conv.dtype)], dim=-1)  # (B, C, k)
         conv = (window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias
         x, b, c = self._ssm_inputs(F.silu(conv).to(hidden.dtype))
         dt, A = self.discretisation(dt)
-        y, ssm = ssd_step(x, dt, A, b, c, state["ssm"], D=self.D, use_kernels=self.use_kernels)
-        state["conv"] = where_rows(valid, window[..., 1:], state["conv"])
-        state["ssm"] = where_rows(valid, ssm, state["ssm"])
+        y, ssm = ssd_step(x, dt, A, b, c, state.ssm, D=self.D, use_kernels=self.use_kernels)
+        copy_rows(state.conv, window[..., 1:], valid)
+        copy_rows(state.ssm, ssm, valid)
         return self._output(y, z)

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ..configuration.configuration_bmojo import BMojoConfig
 from .attention import Attention, BMojoMixer
-from .cache import CACHE_NAME, BMojoCache, check_cache, check_cache_storage, pick_cache
+from .cache import CACHE_NAME, BMojoCache, _fingerprint, check_cache, check_cache_storage, pick_cache
 from .checkpoint import load_checked
 from .common import RMSNorm, swiglu
 from .inputs import check_inputs, left_justify_order
@@ -72,17 +72,14 @@ class BMojoDecoderLayer(GradientCheckpointingLayer):
         self.mlp = BMojoMLP(config)
 
     def forward(self, hidden, lengths, state=None):
-        out = self.mixer(self.input_norm(hidden), lengths, state)
-        out, aux = out if isinstance(out, tuple) else (out, hidden.new_zeros((), dtype=torch.float32))
+        """Parallel form over [B, T, d]; fills `state` (the mixer's typed state) when given."""
+        out, aux = self.mixer(self.input_norm(hidden), lengths, state)
         hidden = hidden + out
         return hidden + self.mlp(self.post_mixer_norm(hidden)), aux
 
     def step(self, hidden, pos, valid, state):
-        if isinstance(self.mixer, Mamba2Mixer):
-            out = self.mixer.step(self.input_norm(hidden), valid, state)
-        else:
-            out = self.mixer.step(self.input_norm(hidden), pos, valid, state)
-        hidden = hidden + out
+        """One token per row [B, d] at positions pos [B]; rows where not `valid` leave `state` unchanged."""
+        hidden = hidden + self.mixer.step(self.input_norm(hidden), pos, valid, state)
         return hidden + self.mlp(self.post_mixer_norm(hidden))
 
 
@@ -157,8 +154,10 @@ class BMojoModel(BMojoPreTrainedModel):
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         if past_key_values is not None:
-            check_cache(past_key_values, self.config)
-            check_cache_storage(past_key_values, self, inputs_embeds)  # its dtype and devices are this model's
+            # Python-level checks: once per eager call, never inside a compiled decode step.
+            if not torch.compiler.is_compiling():
+                check_cache(past_key_values, self.config)
+                check_cache_storage(past_key_values, self, inputs_embeds)  # its dtype and devices are this model's
         elif use_cache:
             past_key_values = BMojoCache(self.config)
         mask = check_inputs(self.config, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values)
@@ -169,8 +168,6 @@ class BMojoModel(BMojoPreTrainedModel):
             hidden, all_hidden, aux = self._parallel(inputs_embeds, mask, past_key_values, output_hidden_states)
         else:
             hidden, all_hidden, aux = self._recurrent(inputs_embeds, mask, past_key_values, output_hidden_states)
-        if past_key_values is not None:
-            past_key_values.seen_tokens += inputs_embeds.shape[1]
         return BMojoModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, innovation_loss=aux,
                                 **{CACHE_NAME: past_key_values if use_cache else None})
 
@@ -184,14 +181,12 @@ class BMojoModel(BMojoPreTrainedModel):
         if order is not None:
             hidden = torch.gather(hidden, 1, order[..., None].expand_as(hidden))
         if cache is not None:
-            cache.start(lengths)
+            cache.allocate(self, hidden.shape[0], hidden.shape[1], hidden.device, hidden.dtype)
+            cache.start(lengths, hidden.shape[1])
         all_hidden = [restore(hidden)] if output_hidden_states else None
         aux_terms = []
         for i, layer in enumerate(self.layers):
-            state = {} if cache is not None else None
-            hidden, aux = layer(hidden, lengths, state)
-            if cache is not None:
-                cache.states[i] = {name: t.detach() for name, t in state.items()}
+            hidden, aux = layer(hidden, lengths, None if cache is None else cache.states[i])
             if layer.kind == "bmojo":
                 aux_terms.append(aux)
             if output_hidden_states:
@@ -203,18 +198,17 @@ class BMojoModel(BMojoPreTrainedModel):
 
     def _recurrent(self, hidden, mask, cache, output_hidden_states):
         new = hidden.shape[1]
-        mask = mask[:, -new:]
+        if not torch.compiler.is_compiling():  # compiled steps run on a cache sized by generate()
+            cache.reserve(new)
         outputs, per_layer = [], [[] for _ in range(len(self.layers) + 1)]
         for t in range(new):
             valid = mask[:, t]
             h = hidden[:, t]
             per_layer[0].append(h)
             for i, layer in enumerate(self.layers):
-                if cache.states[i] is None:
-                    cache.states[i] = layer.mixer.empty_state(h.shape[0], h.device, h.dtype)
                 h = layer.step(h, cache.lengths, valid, cache.states[i])
                 per_layer[i + 1].append(h)
-            cache.lengths = cache.lengths + valid.long()
+            cache.advance(valid, 1)
             outputs.append(self.norm(h))
         hidden = torch.stack(outputs, dim=1)
         all_hidden = None
@@ -252,11 +246,45 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        # generate() would build a DynamicCache; a B'MOJO model needs its own cache.
+        # generate() would build a DynamicCache; a B'MOJO model needs its own cache, with room for
+        # max_length tokens in full-attention layers so that its size is fixed and the decode step compiles.
         if model_kwargs.get(CACHE_NAME) is None and generation_config.use_cache is not False:
-            model_kwargs[CACHE_NAME] = BMojoCache(self.config)
+            model_kwargs[CACHE_NAME] = self._generation_cache(generation_config)
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def _generation_cache(self, generation_config):
+        """A new cache, or, where generate() compiles the decode step (CUDA), the previous call's cache,
+        cleared in place: CUDA graphs are recorded on its buffers' addresses, so reusing them (as
+        transformers does for its static caches) spares a re-recording per generate() call. A cache
+        returned by an earlier generate() is then overwritten by the next one on the same model."""
+        max_length = generation_config.max_length
+        previous = getattr(self, "_reused_cache", None)
+        if self.device.type != "cuda" or getattr(generation_config, "disable_compile", False):
+            return BMojoCache(self.config, max_cache_len=max_length)
+        if previous is None or previous.max_cache_len != max_length or previous.fingerprint != _fingerprint(
+                self.config):
+            previous = BMojoCache(self.config, max_cache_len=max_length)
+            self._reused_cache = previous
+        previous.reset()
+        return previous
+
+    @staticmethod
+    def create_masks_for_generate(attention_mask=None, **kwargs):
+        """transformers builds 4D masks for compileable caches; our layers read the 2D padding mask only."""
+        return attention_mask
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        """transformers' own inputs, with the attention mask cut to the new tokens once the cache is filled:
+        the model reads no more of it, and a compiled decode step then sees one shape at every token."""
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        cache = inputs.get(CACHE_NAME, inputs.get("past_key_values"))
+        mask = inputs.get("attention_mask")
+        ids = inputs.get("input_ids")
+        new = ids.shape[1] if ids is not None else inputs["inputs_embeds"].shape[1]
+        if isinstance(cache, BMojoCache) and not cache.is_empty and torch.is_tensor(mask) and mask.dim() == 2:
+            inputs["attention_mask"] = mask[:, -new:].contiguous()  # one stride at every step too
+        return inputs
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None, return_dict=None,

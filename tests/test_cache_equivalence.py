@@ -35,7 +35,7 @@ def test_bmojo_every_split_point(length):
         got, cache = prefill_then_decode(model, ids, split)
         torch.testing.assert_close(got, full, atol=1e-4, rtol=0)
     if length == 88:
-        store_scores = cache.states[0]["store.s"]
+        store_scores = cache.states[0].store.s
         assert bool(torch.isfinite(store_scores).all()), "the store should be full"
         # 8 complete chunks before the last one proposed 4 candidates each: 32 > 16, so some were evicted.
         assert store_scores.shape[1] == 16

@@ -60,9 +60,9 @@ def test_decoded_sets_equal_prefilled_sets():
         model(ids[:, t:t + 1], past_key_values=cache, attention_mask=torch.ones(2, t + 1, dtype=torch.long))
     for layer in range(2):
         for name in ("store", "prev", "cur"):
-            assert torch.equal(cache.states[layer][f"{name}.p"], prefilled.states[layer][f"{name}.p"]), name
-            torch.testing.assert_close(cache.states[layer][f"{name}.k"], prefilled.states[layer][f"{name}.k"])
-    assert bool(torch.isfinite(cache.states[0]["store.s"]).all())  # full store (16 of 4 * 7 candidates)
+            assert torch.equal(getattr(cache.states[layer], name).p, getattr(prefilled.states[layer], name).p), name
+            torch.testing.assert_close(getattr(cache.states[layer], name).k, getattr(prefilled.states[layer], name).k)
+    assert bool(torch.isfinite(cache.states[0].store.s).all())  # full store (16 of 4 * 7 candidates)
 
 
 @torch.no_grad()
@@ -75,4 +75,4 @@ def test_padding_never_enters_the_store():
     both = model(padded, attention_mask=mask, use_cache=True).past_key_values
     for layer in range(2):
         for name in ("store", "prev", "cur"):
-            assert torch.equal(both.states[layer][f"{name}.p"], alone.states[layer][f"{name}.p"])
+            assert torch.equal(getattr(both.states[layer], name).p, getattr(alone.states[layer], name).p)

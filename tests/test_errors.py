@@ -216,7 +216,7 @@ def test_cache_in_another_dtype(filled_in, read_in):
 @pytest.mark.parametrize("mixers", [["bmojo", "mamba2"], ["sliding_attention", "full_attention"]])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cache_filled_by_the_model_passes_the_dtype_check(mixers, dtype):
-    # Keeps cache.py's list of float32-only states (SSM state, eidetic scores) in step with the mixers.
+    # The states keep the SSM state and eidetic scores in float32 whatever the model's dtype: still accepted.
     model = tiny_model(mixer_types=mixers).to(dtype)
     cache = model(random_ids(1, 10), use_cache=True).past_key_values
     model(random_ids(1, 1), cache=cache)  # prefilled

@@ -25,5 +25,5 @@ def test_decoding_memory_does_not_grow(mixers):
     for t in range(1, ids.shape[1]):
         model(ids[:, t:t + 1], past_key_values=cache, attention_mask=torch.ones(1, t + 1, dtype=torch.long))
         if t in (10 * w, 11 * w, 12 * w):
-            sizes[t] = (cache.nbytes(), {k: tuple(v.shape) for s in cache.states for k, v in s.items()})
+            sizes[t] = (cache.nbytes(), {k: tuple(v.shape) for s in cache.states for k, v in s.named_tensors()})
     assert sizes[10 * w] == sizes[11 * w] == sizes[12 * w]

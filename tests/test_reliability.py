@@ -73,18 +73,18 @@ def test_parallel_and_recurrent_forms_agree(cfg, length, data):
     for i, (scores, keys) in seen.items():
         state = out.past_key_values.states[i]
         if capacity is not None:
-            assert int(torch.isfinite(state["store.s"]).sum(-1).max()) <= capacity  # filled entries
+            assert int(torch.isfinite(state.store.s).sum(-1).max()) <= capacity  # filled entries
         for row in range(2):
             cands, stores = brute_force_stores(scores[row].tolist(), [True] * length, window, per_chunk,
                                                capacity)
             prev = cands[last - 1] if last >= 1 else []
             expected = {"store": stores[last], "prev": prev, "cur": cands[last]}
             for name, want in expected.items():
-                got = _positions(state[f"{name}.p"][row])
+                got = _positions(getattr(state, name).p[row])
                 assert got == want, (i, name, row)
-                filled = torch.isfinite(state[f"{name}.s"][row])
+                filled = torch.isfinite(getattr(state, name).s[row])
                 assert int(filled.sum()) == len(want)
-                got_s, got_k = state[f"{name}.s"][row][filled], state[f"{name}.k"][row][filled]
+                got_s, got_k = getattr(state, name).s[row][filled], getattr(state, name).k[row][filled]
                 torch.testing.assert_close(got_s, scores[row, want], atol=1e-4, rtol=1e-4)
                 torch.testing.assert_close(got_k, keys[row, want], atol=1e-4, rtol=0)
 

@@ -1,0 +1,224 @@
+"""Typed decoding states: what each mixer keeps between tokens (DESIGN.md §5).
+
+Every state allocates its tensors once, at their final shapes and dtypes, and the mixer's `step`
+updates them in place: ring buffers with a per-row write slot for the window and the fading band,
+copies into fixed-size sets for the eidetic store. Nothing is allocated or re-bound per token, so
+a decode step can be captured in a CUDA graph (the tensors' addresses never change) and compiled
+without graph breaks. Shapes are fixed by w, n_f and M_e; only full attention (a buffer as long as
+the generation) and an unbounded store (`eidetic_capacity=None`) grow, eagerly, and make the cache
+non-compileable.
+
+Positions: `pos` buffers hold each slot's token position in its row, -1 when the slot is empty.
+A ring of size S keeps the token at position p in slot p % S, so the order of slots is not the
+order of tokens: attention is a softmax over a set, and every key was rotated at its own position.
+"""
+
+import torch
+
+from ..kernels.innovation.naive import EMPTY
+
+_NO_TOKEN = -1
+
+
+class State:
+    """Named tensors and nested states, allocated once. Subclasses set their tensors in __init__."""
+
+    def named_tensors(self, prefix=""):
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                yield prefix + name, value
+            elif isinstance(value, State):
+                yield from value.named_tensors(f"{prefix}{name}.")
+
+    def map_(self, fn):
+        """Re-binds every tensor to fn(tensor): for batch changes (beam expansion, selection), not per token."""
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, fn(value))
+            elif isinstance(value, State):
+                value.map_(fn)
+
+    def reorder_(self, index):
+        """Rows re-ordered in place (beam search): same batch size, same addresses."""
+        for _, t in self.named_tensors():
+            t.copy_(t.index_select(0, index))
+
+    def mark_static(self):
+        """Tells torch.compile the tensors keep their addresses (CUDA graphs may then write them in place)."""
+        if not torch.compiler.is_compiling():
+            for _, t in self.named_tensors():
+                torch._dynamo.mark_static_address(t)
+
+    def nbytes(self):
+        return sum(t.numel() * t.element_size() for _, t in self.named_tensors())
+
+
+def ring_positions(lengths, size):
+    """Which token each slot of a ring of `size` holds after `lengths` tokens: [B, size], -1 when none.
+
+    Slot j holds the last position p < lengths[b] with p % size == j."""
+    slots = torch.arange(size, device=lengths.device)[None, :]
+    last = lengths[:, None] - 1 - slots  # (B, size): distance back from the last token to slot j's residue
+    pos = slots + size * torch.div(last, size, rounding_mode="floor")
+    return torch.where(last >= 0, pos, torch.full_like(pos, _NO_TOKEN))
+
+
+def gather_positions(x, pos):
+    """x [B, T, ...] at positions pos [B, S] (-1 reads zeros)."""
+    idx = pos.clamp(min=0).reshape(*pos.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    out = torch.gather(x, 1, idx)
+    return out * (pos >= 0).reshape(*pos.shape, *([1] * (x.dim() - 2))).to(out.dtype)
+
+
+def write_rows(buffer, slot, new, valid):
+    """buffer[b, slot[b]] = new[b] where valid[b], in place. buffer [B, S, ...], slot [B], new [B, ...]."""
+    rows = torch.arange(buffer.shape[0], device=buffer.device)
+    keep = valid.reshape(-1, *([1] * (new.dim() - 1)))
+    buffer[rows, slot] = torch.where(keep, new.to(buffer.dtype), buffer[rows, slot])
+
+
+def copy_rows(dest, new, valid):
+    """dest[b] = new[b] where valid[b], in place."""
+    dest.copy_(torch.where(valid.reshape(-1, *([1] * (dest.dim() - 1))), new.to(dest.dtype), dest))
+
+
+class Mamba2State(State):
+    """The Mamba-2 mixer's recurrent state: the last k-1 conv inputs and the SSM state (float32)."""
+
+    def __init__(self, batch, conv_dim, kernel, heads, head_dim, state_size, device, dtype):
+        self.conv = torch.zeros(batch, conv_dim, kernel - 1, device=device, dtype=dtype)  # (B, C, k-1)
+        self.ssm = torch.zeros(batch, heads, head_dim, state_size, device=device, dtype=torch.float32)
+
+    def reset_(self):
+        self.conv.zero_()
+        self.ssm.zero_()
+
+
+class KeyValueRing(State):
+    """Rotated keys and values of the last `size` real tokens of each row, in a ring."""
+
+    def __init__(self, batch, size, kv_heads, head_dim, device, dtype):
+        self.k = torch.zeros(batch, size, kv_heads, head_dim, device=device, dtype=dtype)  # (B, S, Hkv, D)
+        self.v = torch.zeros_like(self.k)
+        self.pos = torch.full((batch, size), _NO_TOKEN, dtype=torch.long, device=device)
+
+    @property
+    def size(self):
+        return self.pos.shape[1]
+
+    def reset_(self):
+        self.k.zero_()
+        self.v.zero_()
+        self.pos.fill_(_NO_TOKEN)
+
+    def fill(self, k, v, lengths):
+        """From a parallel pass: k, v [B, T, Hkv, D] with each row's real tokens first."""
+        pos = ring_positions(lengths, self.size)
+        self.k.copy_(gather_positions(k, pos))
+        self.v.copy_(gather_positions(v, pos))
+        self.pos.copy_(pos)
+
+    def push(self, k, v, pos, valid):
+        """One token per row (k, v [B, Hkv, D] at positions pos [B]); rows where not valid keep their ring."""
+        slot = pos % self.size
+        write_rows(self.k, slot, k, valid)
+        write_rows(self.v, slot, v, valid)
+        write_rows(self.pos, slot, pos, valid)
+
+
+class FullKeyValues(KeyValueRing):
+    """Every real token's rotated key and value, slot = position; grows (eagerly) past its capacity."""
+
+    def fill(self, k, v, lengths):
+        seqlen = k.shape[1]
+        self.k[:, :seqlen] = k
+        self.v[:, :seqlen] = v
+        pos = torch.arange(seqlen, device=k.device).expand(k.shape[0], -1)
+        self.pos[:, :seqlen] = torch.where(pos < lengths[:, None], pos, torch.full_like(pos, _NO_TOKEN))
+
+    def reserve(self, needed):
+        """Capacity for `needed` positions per row (doubling); re-binds the tensors, so only outside compiled steps."""
+        if needed <= self.size:
+            return
+        extra = max(needed, 2 * self.size) - self.size
+
+        def grow(t):
+            fill = _NO_TOKEN if t.dtype == torch.long else 0
+            return torch.cat([t, t.new_full((t.shape[0], extra, *t.shape[2:]), fill)], dim=1)
+
+        self.map_(grow)
+
+
+class TokenSet(State):
+    """A set of tokens kept verbatim: scores s [B, S] (float32, -inf = empty slot), positions p [B, S]
+    (EMPTY when empty), pre-RoPE keys and values k, v [B, S, Hkv, D]. Kept sorted by position."""
+
+    def __init__(self, batch, size, kv_heads, head_dim, device, dtype):
+        self.s = torch.full((batch, size), float("-inf"), device=device)
+        self.p = torch.full((batch, size), EMPTY, dtype=torch.long, device=device)
+        self.k = torch.zeros(batch, size, kv_heads, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+
+    @property
+    def size(self):
+        return self.s.shape[1]
+
+    def reset_(self):
+        self.s.fill_(float("-inf"))
+        self.p.fill_(EMPTY)
+        self.k.zero_()
+        self.v.zero_()
+
+    def as_dict(self):
+        return {"s": self.s, "p": self.p, "k": self.k, "v": self.v}
+
+    def assign(self, tokens):
+        """Takes the contents of a dict set of the same size, in place; a larger one (an unbounded store
+        that grew) re-binds the tensors."""
+        if tokens["s"].shape[1] != self.size:
+            for name, t in tokens.items():
+                setattr(self, name, t.to(getattr(self, name).dtype))
+            return
+        for name, t in tokens.items():
+            getattr(self, name).copy_(t)
+
+
+class AttentionState(State):
+    """Sliding-window attention: a ring of the last w keys/values. Full attention: every key/value."""
+
+    def __init__(self, batch, size, kv_heads, head_dim, device, dtype, full=False):
+        kind = FullKeyValues if full else KeyValueRing
+        self.window = kind(batch, size, kv_heads, head_dim, device, dtype)
+
+    def reset_(self):
+        self.window.reset_()
+
+
+class BMojoState(State):
+    """The B'MOJO mixer: its fading memory's Mamba-2 state, the window ring, the ring of the last w + n_f
+    fading keys/values (of which the oldest n_f form the fading band), the fading output f_{t-1}, and the
+    eidetic store with the candidates of the previous and current chunk."""
+
+    def __init__(self, batch, fading, window, span, kv_heads, head_dim, hidden_size, eidetic_sizes,
+                 device, dtype):
+        self.fading = fading
+        self.window = KeyValueRing(batch, window, kv_heads, head_dim, device, dtype)
+        self.band = KeyValueRing(batch, span, kv_heads, head_dim, device, dtype)
+        self.f_last = torch.zeros(batch, hidden_size, device=device, dtype=dtype)
+        self.eidetic = eidetic_sizes is not None
+        if self.eidetic:
+            store, per_chunk = eidetic_sizes
+            self.store = TokenSet(batch, store, kv_heads, head_dim, device, dtype)
+            self.prev = TokenSet(batch, per_chunk, kv_heads, head_dim, device, dtype)
+            self.cur = TokenSet(batch, per_chunk, kv_heads, head_dim, device, dtype)
+
+    def sets(self):
+        return {"store": self.store, "prev": self.prev, "cur": self.cur} if self.eidetic else {}
+
+    def reset_(self):
+        self.fading.reset_()
+        self.window.reset_()
+        self.band.reset_()
+        self.f_last.zero_()
+        for token_set in self.sets().values():
+            token_set.reset_()
