@@ -277,8 +277,8 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
                 # count: accumulation steps and processes then add up to exactly the whole batch's value.
                 # (Weighting the mean by the micro-batch's share of label tokens was exact only when every
                 # micro-batch had the same ratio of label tokens to tokens.)
-                new = hidden.shape[1]
-                tokens = attention_mask[:, -new:].sum() if attention_mask is not None else hidden.shape[0] * new
+                batch, new = hidden.shape[:2]
+                tokens = attention_mask[:, -new:].sum() if attention_mask is not None else batch * new
                 innovation = innovation * torch.as_tensor(tokens, device=innovation.device) / torch.as_tensor(
                     items, device=innovation.device)
             loss = self.loss_function(logits, labels, self.vocab_size, **kwargs) + innovation

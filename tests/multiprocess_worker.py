@@ -97,7 +97,8 @@ def main(argv=None):
     data = MaskedRows(args.global_batch * args.steps, args.seq_len, seed=1)
 
     training = TrainingArguments(
-        output_dir=args.out, per_device_train_batch_size=per_device, gradient_accumulation_steps=args.grad_accum,
+        output_dir=args.out, per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=args.grad_accum,
         max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
         # Plain SGD: the update is lr x gradient, so equal parameters after a step mean equal gradients.
         optim="sgd", weight_decay=0.0, max_grad_norm=0.0,
@@ -130,7 +131,8 @@ def main(argv=None):
                        "distributed_type": trainer.accelerator.distributed_type.value,
                        "sharded_parameters": len(sharded),
                        "parameters": len(list(trainer.model_wrapped.parameters()))}, f)
-        torch.save({name: t.detach().clone() for name, t in params.items()}, os.path.join(args.out, "params.pt"))
+        params = {name: t.detach().clone() for name, t in params.items()}
+        torch.save(params, os.path.join(args.out, "params.pt"))
         torch.save({"input_ids": probe, "logits": logits}, os.path.join(args.out, "probe.pt"))
         model.config.save_pretrained(args.out)
     trainer.accelerator.wait_for_everyone()
