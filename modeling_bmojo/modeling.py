@@ -36,8 +36,9 @@ class BMojoModelOutput(BaseModelOutputWithPast):
 
 @dataclass
 class BMojoCausalLMOutput(CausalLMOutputWithPast):
-    """`loss` = LM loss + `innovation_loss` when labels are given (the innovation term weighted by this
-    batch's share of `num_items_in_batch` when the Trainer passes it; `innovation_loss` is unweighted)."""
+    """`loss` = LM loss + `innovation_loss` when labels are given. When the Trainer passes
+    `num_items_in_batch`, both terms are sums over this batch's tokens divided by it (the innovation term by
+    its token sum, so `innovation_loss` x tokens / `num_items_in_batch`); `innovation_loss` is unweighted."""
 
     innovation_loss: torch.FloatTensor | None = None
 
@@ -299,13 +300,15 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         if labels is not None:
             innovation, items = outputs.innovation_loss, kwargs.get("num_items_in_batch")
             if items is not None:
-                # The LM loss is then this micro-batch's label-token sum over the global count: weight the
-                # innovation mean by this micro-batch's share of that count, so that accumulation steps and
-                # processes add up to one token-weighted mean instead of one mean per micro-batch.
-                shifted = kwargs.get("shift_labels")
-                shifted = labels[..., 1:] if shifted is None else shifted
-                counted = (shifted != kwargs.get("ignore_index", -100)).sum().to(innovation.device)
-                innovation = innovation * counted / torch.as_tensor(items, device=innovation.device)
+                # The LM loss is then this micro-batch's label-token sum over the global label count. Make
+                # the innovation term a sum over the tokens its mean ran over, divided by that same global
+                # count: accumulation steps and processes then add up to exactly the whole batch's value.
+                # (Weighting the mean by the micro-batch's share of label tokens was exact only when every
+                # micro-batch had the same ratio of label tokens to tokens.)
+                batch, new = hidden.shape[:2]
+                tokens = attention_mask[:, -new:].sum() if attention_mask is not None else batch * new
+                innovation = innovation * torch.as_tensor(tokens, device=innovation.device) / torch.as_tensor(
+                    items, device=innovation.device)
             loss = self.loss_function(logits, labels, self.vocab_size, **kwargs) + innovation
         out = BMojoCausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                   innovation_loss=outputs.innovation_loss, **{CACHE_NAME: getattr(outputs, CACHE_NAME)})

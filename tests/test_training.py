@@ -16,23 +16,25 @@ def test_loss_is_shifted_cross_entropy_plus_innovation():
     lm = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 128), labels[:, 1:].reshape(-1))
     assert out.innovation_loss > 0
     torch.testing.assert_close(out.loss, lm + out.innovation_loss)
-    # num_items_in_batch (gradient accumulation) turns the mean into sum / num_items, and the innovation
-    # mean is weighted by this micro-batch's share of the label tokens (2 rows x 19 shifted labels).
+    # num_items_in_batch (gradient accumulation) turns the mean into sum / num_items, for the innovation
+    # term too: its mean times the tokens it ran over (2 rows x 24 tokens) over num_items.
     lm_sum = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 128), labels[:, 1:].reshape(-1),
                                                reduction="sum")
     for items in (torch.tensor(100), 100):
         summed = model(ids, labels=labels, num_items_in_batch=items)
         torch.testing.assert_close(summed.innovation_loss, out.innovation_loss)  # reported unscaled
-        torch.testing.assert_close(summed.loss, lm_sum / 100 + out.innovation_loss * 38 / 100)
+        torch.testing.assert_close(summed.loss, lm_sum / 100 + out.innovation_loss * 48 / 100)
 
 
 def test_gradient_accumulation_equals_one_batch():
     """Two micro-batches of 8 called with num_items_in_batch = the total label count (as HF Trainer does under
-    gradient accumulation) give the gradients of one batch of 16: for the LM loss and the innovation loss."""
+    gradient accumulation and across processes) give the gradients of one batch of 16 called with it (as
+    Trainer does without accumulation): for the LM loss and the innovation loss."""
     model = tiny_model()
     ids = random_ids(16, 40, seed=3)
     labels = ids.clone()
-    labels[:, :3] = -100  # same label count in both halves: the innovation loss is a token mean
+    labels[:, :3] = -100
+    labels[:8, :20] = -100  # the halves hold different numbers of label tokens (a share-weighted mean fails)
     params = dict(model.named_parameters())
 
     def grads(loss):
@@ -40,8 +42,8 @@ def test_gradient_accumulation_equals_one_batch():
         loss.backward()
         return {name: p.grad.clone() for name, p in params.items() if p.grad is not None}
 
-    whole = grads(model(ids, labels=labels).loss)
     total = int((labels[:, 1:] != -100).sum())
+    whole = grads(model(ids, labels=labels, num_items_in_batch=total).loss)
     half_a = grads(model(ids[:8], labels=labels[:8], num_items_in_batch=torch.tensor(total)).loss)
     half_b = grads(model(ids[8:], labels=labels[8:], num_items_in_batch=total).loss)
     assert whole.keys() == half_a.keys() == half_b.keys()
