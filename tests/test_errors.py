@@ -193,14 +193,14 @@ def test_cache_from_another_config():
     (dict(eidetic_capacity=8), "eidetic_capacity=8 (model: 16)"),
 ])
 def test_cache_fingerprint_covers_every_field_that_gives_the_tensors_meaning(overrides, words):
-    cache = tiny_model(**overrides)(random_ids(1, 10), use_cache=True).past_key_values
+    cache = cache_of(tiny_model(**overrides)(random_ids(1, 10), use_cache=True))
     with pytest.raises(ValueError, match="different config: .*" + re.escape(words)):
         tiny_model()(random_ids(1, 1), cache=cache)
 
 
 def test_cache_of_another_model_with_the_same_config_is_accepted():
     # By design: the cache is not tied to one model object (generate() and beam search copy and reorder it).
-    cache = tiny_model(seed=1)(random_ids(1, 10), use_cache=True).past_key_values
+    cache = cache_of(tiny_model(seed=1)(random_ids(1, 10), use_cache=True))
     tiny_model(seed=2)(random_ids(1, 1), cache=cache)
 
 
@@ -249,7 +249,7 @@ def test_cache_on_another_device():
 
 
 def test_cache_cannot_be_cropped():
-    cache = tiny_model()(random_ids(1, 10), use_cache=True).past_key_values
+    cache = cache_of(tiny_model()(random_ids(1, 10), use_cache=True))
     with pytest.raises(ValueError, match="cannot be cropped"):
         cache.crop(5)
 
