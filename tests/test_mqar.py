@@ -190,7 +190,7 @@ def test_demo_end_to_end(tmp_path, capsys):
 
 
 def test_demo_default_folder_is_new_and_temporary():
-    """Without --out the demo writes into a fresh folder under the temporary directory, not the working one."""
+    """Without --out the demo writes into a fresh folder under the temporary directory, not the cwd."""
     first, second = cli.demo_folder(None, compare=False), cli.demo_folder(None, compare=True)
     try:
         for folder in (first, second):
