@@ -5,7 +5,7 @@ Importing it registers `BMojoConfig` and `BMojoForCausalLM` with the Auto classe
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .configuration import BMojoConfig, preset_config, preset_names
+from .configuration import BMojoConfig, preset_config, preset_names, preset_tokenizer
 from .modeling_bmojo import BMojoCache, BMojoForCausalLM, BMojoModel
 
 __version__ = "0.1.0"
@@ -14,4 +14,5 @@ AutoConfig.register("bmojo", BMojoConfig, exist_ok=True)
 AutoModel.register(BMojoConfig, BMojoModel, exist_ok=True)
 AutoModelForCausalLM.register(BMojoConfig, BMojoForCausalLM, exist_ok=True)
 
-__all__ = ["BMojoCache", "BMojoConfig", "BMojoForCausalLM", "BMojoModel", "preset_config", "preset_names"]
+__all__ = ["BMojoCache", "BMojoConfig", "BMojoForCausalLM", "BMojoModel", "preset_config", "preset_names",
+           "preset_tokenizer"]

@@ -7,6 +7,7 @@ of every model family at matched decoding-state budgets (bmojo.eval.mqar)."""
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 # The demo task: small enough for the tiny preset's vocabulary (128) and a few minutes on 2 cores.
@@ -22,7 +23,9 @@ def _demo_parser(sub):
                    help=f"training steps per model (default {DEMO_STEPS}; "
                         f"with --compare {COMPARE_TRAIN['steps']})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="bmojo-demo", help="output folder (model, or comparison results)")
+    p.add_argument("--out", default=None,
+                   help="output folder for the model (or the comparison's results); default: a new folder "
+                        "bmojo-demo-* in the system's temporary directory. The path is printed.")
     p.add_argument("--compare", action="store_true",
                    help="run the CPU-scale MQAR comparison of all families instead (about 10 minutes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -68,7 +71,7 @@ def demo(steps, seed, out, progress=True):
         same = torch.allclose(model(probe).logits, reloaded(probe).logits, atol=1e-5, rtol=0)
     if not same:
         raise RuntimeError("the reloaded model's logits differ from the trained model's")
-    _say(f"saved to {out}/ and reloaded with AutoModelForCausalLM: logits identical")
+    _say(f"saved to {out} and reloaded with AutoModelForCausalLM: logits identical")
 
     prompt, answer = _prompt(test)
     # The explicit mask matters: the filler id 0 may equal the pad id, and every token here is real.
@@ -111,17 +114,27 @@ COMPARE_TRAIN = dict(steps=500, batch_size=32, lr=3e-3)
 COMPARE_WORKERS = 2
 
 
+def demo_folder(out, compare):
+    """The absolute output folder, created: `out`, or a fresh one under the temporary directory."""
+    if out is None:
+        return tempfile.mkdtemp(prefix="bmojo-demo-compare-" if compare else "bmojo-demo-")
+    out = os.path.abspath(out)
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
 def main(argv=None):
     ns = build_parser().parse_args(argv)
     if ns.command == "demo":
         if ns.steps is not None and ns.steps < 1:
             print("error: --steps must be >= 1", file=sys.stderr)
             return 2
-        os.makedirs(ns.out, exist_ok=True)
+        out = demo_folder(ns.out, ns.compare)
         if ns.compare:
-            compare(ns.seed, ns.out, not ns.no_progress, steps=ns.steps)
+            compare(ns.seed, out, not ns.no_progress, steps=ns.steps)
         else:
-            demo(ns.steps or DEMO_STEPS, ns.seed, ns.out, not ns.no_progress)
+            demo(ns.steps or DEMO_STEPS, ns.seed, out, not ns.no_progress)
+        _say(f"done; the {'results are' if ns.compare else 'model is'} in {out}")
     return 0
 
 

@@ -18,6 +18,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 import bmojo
+from bmojo.modeling_bmojo.cache import CACHE_NAME
 
 WIDTH = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
              num_key_value_heads=12, vocab_size=32000)
@@ -77,7 +78,7 @@ def prefill_seconds(model, length):
 def decode_tokens_per_s(model, context, batch, steps):
     ids = torch.randint(0, WIDTH["vocab_size"], (1, context), device="cuda")
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values  # (renamed `cache` in transformers 5.24; the old name still works)
+    cache = getattr(out, CACHE_NAME)  # `cache` since transformers 5.24 (`past_key_values` warns there)
     if batch > 1:
         cache.batch_repeat_interleave(batch)
     tok = out.logits[:, -1:].argmax(-1).repeat(batch, 1)
@@ -86,7 +87,7 @@ def decode_tokens_per_s(model, context, batch, steps):
     def one():
         nonlocal tok, mask
         mask = torch.cat([mask, mask[:, :1]], 1)
-        logits = model(input_ids=tok, past_key_values=cache, attention_mask=mask, use_cache=True).logits
+        logits = model(input_ids=tok, attention_mask=mask, use_cache=True, **{CACHE_NAME: cache}).logits
         tok = logits[:, -1:].argmax(-1)
 
     seconds = cuda_time(one, 2, steps)

@@ -2,9 +2,19 @@
 
 `"<size>"` is B'MOJO; `"<family>-<size>"` picks a family. Every family is the same code with a
 different `mixer_types` list (the paper's point: Transformers, Mamba and hybrids are special cases).
+
+Tokenizers: the sizes from 130m up keep the config's default vocabulary of 50,280 ids, the GPT-NeoX
+tokenizer's (`EleutherAI/gpt-neox-20b`, 50,277 tokens) padded to a multiple of 8, as Mamba and Mamba-2
+use it, with its special ids (`<|endoftext|>` = 0 begins and ends text, `<|padding|>` = 1). The tiny
+size has 128 ids and the character tokenizer `bmojo.eval.lm_eval.ascii_char_tokenizer` (pad 0, bos 1,
+eos 2), which needs no download. `preset_tokenizer(name)` returns the right one.
 """
 
 from .configuration_bmojo import BMojoConfig
+
+NEOX_TOKENIZER = "EleutherAI/gpt-neox-20b"
+# The GPT-NeoX tokenizer's special ids: <|endoftext|> = 0 begins and ends text, <|padding|> = 1.
+NEOX_SPECIAL_IDS = dict(bos_token_id=0, eos_token_id=0, pad_token_id=1)
 
 SIZES = {
     # tiny: for tests; w = n_f = 8 and M_e = 16 so that short inputs cross chunks and fill the store.
@@ -13,11 +23,18 @@ SIZES = {
         num_key_value_heads=1, head_dim=16, window_size=8, fading_tokens=8, eidetic_tokens_per_chunk=4,
         eidetic_capacity=16, ssm_state_size=8, ssm_head_dim=16, ssm_chunk_size=8,
     ),
-    "130m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12),
-    "370m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16),
-    "790m": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
-    "1.4b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16),
+    "130m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                 **NEOX_SPECIAL_IDS),
+    "370m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16,
+                 **NEOX_SPECIAL_IDS),
+    "790m": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                 **NEOX_SPECIAL_IDS),
+    "1.4b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
+                 **NEOX_SPECIAL_IDS),
 }
+ASCII_TOKENIZER = "ascii-chars"  # the tiny size's tokenizer (also `bmojo-lm-eval --tokenizer ascii-chars`)
+TOKENIZERS = {"tiny": ASCII_TOKENIZER, "130m": NEOX_TOKENIZER, "370m": NEOX_TOKENIZER,
+              "790m": NEOX_TOKENIZER, "1.4b": NEOX_TOKENIZER}
 FAMILIES = ("bmojo", "bmojo-f", "transformer", "swa-transformer", "mamba2", "hybrid")
 
 
@@ -74,3 +91,25 @@ def preset_config(name, **overrides):
 
 def preset_names():
     return sorted(SIZES) + [f"{f}-{s}" for f in FAMILIES for s in SIZES]
+
+
+def preset_tokenizer_name(name):
+    """The tokenizer a preset's vocabulary and special ids are laid out for: `"ascii-chars"` (tiny) or a
+    Hub id (`"EleutherAI/gpt-neox-20b"` for 130m and up)."""
+    return TOKENIZERS[_parse(name)[1]]
+
+
+def preset_tokenizer(name, **from_pretrained_kwargs):
+    """The tokenizer that fits a preset: built offline for tiny; for 130m and up, GPT-NeoX's loaded with
+    `AutoTokenizer.from_pretrained` (the Hub, or its cache when offline), with `<|padding|>` as pad token."""
+    tokenizer_name = preset_tokenizer_name(name)
+    if tokenizer_name == ASCII_TOKENIZER:
+        from ..eval.lm_eval import ascii_char_tokenizer
+
+        return ascii_char_tokenizer()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, **from_pretrained_kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = "<|padding|>"
+    return tokenizer

@@ -64,9 +64,11 @@ def table(header, rows):
     return "\n".join(lines)
 
 
-def model_card(config, num_params, info=None):
+def model_card(config, num_params, info=None, tokenizer_included=True):
     """Markdown text of the card. `info` keys (all optional): model_name, description,
-    training_data (str or list of str), eval_results ({task: {metric: value}} or lm-eval JSON)."""
+    training_data (str or list of str), eval_results ({task: {metric: value}} or lm-eval JSON), repo_id
+    (written into the usage snippet). `tokenizer_included`: whether a tokenizer ships beside the weights
+    (the usage snippet loads it; otherwise the card says there is none and feeds token ids)."""
     info = dict(info or {})
     name = info.get("model_name", "B'MOJO model")
     parts = [FRONT_MATTER, f"# {name}\n", info.get("description", f"A {PAPER} language model.") + "\n",
@@ -82,19 +84,49 @@ def model_card(config, num_params, info=None):
     results = info.get("eval_results")
     if results:
         parts += ["## Evaluation\n", table(("task", "metric", "value"), eval_rows(results)) + "\n"]
-    parts += ["## Usage\n", USAGE.format(repo=info.get("repo_id", "<repo_id>"))]
+    repo = info.get("repo_id", "<repo_id>")
+    if tokenizer_included:
+        usage = USAGE_WITH_TOKENIZER.format(repo=repo)
+    else:
+        usage = USAGE_WITHOUT_TOKENIZER.format(repo=repo, vocab=config.vocab_size,
+                                               hint=tokenizer_hint(config.vocab_size))
+    parts += ["## Usage\n", usage]
     return "\n".join(parts)
 
 
-USAGE = """The modeling code ships with the weights (`trust_remote_code=True`); the `bmojo` package is
-not needed to load it.
+def tokenizer_hint(vocab_size):
+    """Which tokenizer a vocabulary of this size was laid out for, as far as the presets know."""
+    if vocab_size == 50280:
+        return (" The presets' vocabulary of 50,280 ids is the GPT-NeoX tokenizer's "
+                "(`EleutherAI/gpt-neox-20b`) as Mamba uses it, if the model was trained with that one.")
+    return ""
 
+
+USAGE_PREAMBLE = """The modeling code ships with the weights (`trust_remote_code=True`); the `bmojo` package
+is not needed to load it.
+"""
+
+USAGE_WITH_TOKENIZER = USAGE_PREAMBLE + """
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 model = AutoModelForCausalLM.from_pretrained("{repo}", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("{repo}")
-ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
-print(tokenizer.decode(model.generate(ids, max_new_tokens=20)[0]))
+tokenizer = AutoTokenizer.from_pretrained("{repo}", trust_remote_code=True)
+inputs = tokenizer("The capital of France is", return_tensors="pt")
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))
+```
+"""
+
+USAGE_WITHOUT_TOKENIZER = USAGE_PREAMBLE + """
+No tokenizer was uploaded with these weights: encode text with the tokenizer the model was trained with
+(its ids must lie below the vocabulary size, {vocab}).{hint}
+
+```python
+import torch
+from transformers import AutoModelForCausalLM
+
+model = AutoModelForCausalLM.from_pretrained("{repo}", trust_remote_code=True)
+input_ids = torch.tensor([[1, 2, 3, 4]])  # token ids from the model's tokenizer
+print(model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=20))
 ```
 """

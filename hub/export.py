@@ -62,15 +62,29 @@ def load_model(model_or_path):
 
 
 def load_tokenizer(tokenizer, model_or_path):
-    """The tokenizer to ship: the one given (object or path), else the checkpoint folder's own, if any."""
+    """The tokenizer to ship: the one given (object, path/repo, or "ascii-chars" for the tiny presets'),
+    else the checkpoint folder's own, if any; None when there is none."""
     from transformers import AutoTokenizer
 
+    from ..configuration.presets import ASCII_TOKENIZER
+
+    if isinstance(tokenizer, str) and tokenizer == ASCII_TOKENIZER:
+        from ..eval.lm_eval import ascii_char_tokenizer
+
+        return ascii_char_tokenizer()
     if isinstance(tokenizer, (str, Path)):
         return AutoTokenizer.from_pretrained(tokenizer)
     if tokenizer is None and isinstance(model_or_path, (str, Path)):
         if (Path(model_or_path) / "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(model_or_path)
     return tokenizer
+
+
+def check_tokenizer_fits(tokenizer, config):
+    """A tokenizer whose ids reach past the embedding table would fail at the first such token."""
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                         f"{config.vocab_size}: export needs a tokenizer whose ids are all below vocab_size")
 
 
 def add_auto_map(config_path, auto_map=AUTO_MAP, architecture="BMojoForCausalLM"):
@@ -85,10 +99,14 @@ def export(model_or_path, out_dir, tokenizer=None, model_card_info=None):
     """Write weights (safetensors), config with `auto_map`, remote code, generation config,
     tokenizer (when given or found beside the checkpoint) and a model card into `out_dir`.
 
+    A tokenizer longer than the model's vocabulary raises ValueError.
+
     Args:
         model_or_path: a `BMojoForCausalLM` or a path to one saved with `save_pretrained`.
         out_dir: folder to write (created; existing files of the same names are replaced).
-        tokenizer: a tokenizer object or a path/repo to load one from.
+        tokenizer: a tokenizer object, a path/repo to load one from, or `"ascii-chars"` (the tiny presets'
+            character tokenizer, see `bmojo.preset_tokenizer`). Without one (and none saved beside a
+            checkpoint path) no tokenizer is written and the model card says so.
         model_card_info: optional dict for the card (see `bmojo.hub.card.model_card`).
     Returns:
         The output folder as a `Path`.
@@ -105,9 +123,11 @@ def export(model_or_path, out_dir, tokenizer=None, model_card_info=None):
     write_remote_code(out)
     tokenizer = load_tokenizer(tokenizer, model_or_path)
     if tokenizer is not None:
+        check_tokenizer_fits(tokenizer, model.config)
         tokenizer.save_pretrained(out)
     num_params = sum(p.numel() for p in model.parameters())
-    (out / "README.md").write_text(model_card(model.config, num_params, model_card_info), encoding="utf-8")
+    card = model_card(model.config, num_params, model_card_info, tokenizer_included=tokenizer is not None)
+    (out / "README.md").write_text(card, encoding="utf-8")
     return out
 
 

@@ -11,6 +11,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import bmojo  # noqa: E402  (registers the Auto classes)
+from bmojo.modeling_bmojo.cache import CACHE_NAME  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -42,3 +43,10 @@ def tiny_model(seed=0, **overrides):
 def random_ids(batch, length, seed=0, vocab=128):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab, (batch, length), generator=g)
+
+
+def cache_of(out):
+    """The cache a forward pass returned: `out.cache` since transformers 5.24, where `out.past_key_values`
+    still works but logs a deprecation warning; `out.past_key_values` before. (Our forward takes the
+    cache as `cache=` on every version.)"""
+    return getattr(out, CACHE_NAME)

@@ -4,7 +4,7 @@ function: logits agree for every split point, across chunks and with a full, evi
 import pytest
 import torch
 
-from conftest import random_ids, tiny_model
+from conftest import cache_of, random_ids, tiny_model
 
 KINDS = {
     "bmojo": ["bmojo", "bmojo"],
@@ -17,10 +17,10 @@ KINDS = {
 
 def prefill_then_decode(model, ids, split):
     out = model(ids[:, :split], use_cache=True)
-    cache, logits = out.past_key_values, [out.logits]
+    cache, logits = cache_of(out), [out.logits]
     for t in range(split, ids.shape[1]):
         mask = torch.ones(ids.shape[0], t + 1, dtype=torch.long)
-        step = model(ids[:, t:t + 1], past_key_values=cache, attention_mask=mask)
+        step = model(ids[:, t:t + 1], cache=cache, attention_mask=mask)
         logits.append(step.logits)
     return torch.cat(logits, dim=1), cache
 
@@ -77,7 +77,7 @@ def test_multi_token_continuation():
     ids = random_ids(2, 50, seed=9)
     full = model(ids, use_cache=False).logits
     first = model(ids[:, :20], use_cache=True)
-    second = model(ids[:, 20:], past_key_values=first.past_key_values)
+    second = model(ids[:, 20:], cache=cache_of(first))
     torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), full, atol=1e-4, rtol=0)
 
 
@@ -94,10 +94,10 @@ def test_left_padded_prefill_and_decode_match_rows_alone():
     torch.testing.assert_close(out.logits[1, 16:], model(b).logits[0], atol=1e-5, rtol=0)
     # Decode a few more tokens on both: each row continues exactly as it would alone.
     extra = random_ids(2, 12, seed=4)
-    cache, full_a, full_b = out.past_key_values, torch.cat([a, extra[:1]], 1), torch.cat([b, extra[1:]], 1)
+    cache, full_a, full_b = cache_of(out), torch.cat([a, extra[:1]], 1), torch.cat([b, extra[1:]], 1)
     ref_a, ref_b = model(full_a).logits[0, 37:], model(full_b).logits[0, 21:]
     for t in range(12):
         mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
-        step = model(extra[:, t:t + 1], past_key_values=cache, attention_mask=mask).logits
+        step = model(extra[:, t:t + 1], cache=cache, attention_mask=mask).logits
         torch.testing.assert_close(step[0, 0], ref_a[t], atol=1e-4, rtol=0)
         torch.testing.assert_close(step[1, 0], ref_b[t], atol=1e-4, rtol=0)

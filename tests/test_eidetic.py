@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bmojo.kernels.innovation import EMPTY, chunk_candidates, eidetic_stores
-from conftest import random_ids, tiny_model
+from conftest import cache_of, random_ids, tiny_model
 
 
 def brute_force_stores(scores, valid, window, per_chunk, capacity):
@@ -54,10 +54,10 @@ def test_decoded_sets_equal_prefilled_sets():
     """Token-by-token selection keeps the same store, previous and current candidates as the parallel scan."""
     model = tiny_model()
     ids = random_ids(2, 75, seed=11)
-    prefilled = model(ids, use_cache=True).past_key_values
-    cache = model(ids[:, :1], use_cache=True).past_key_values
+    prefilled = cache_of(model(ids, use_cache=True))
+    cache = cache_of(model(ids[:, :1], use_cache=True))
     for t in range(1, 75):
-        model(ids[:, t:t + 1], past_key_values=cache, attention_mask=torch.ones(2, t + 1, dtype=torch.long))
+        model(ids[:, t:t + 1], cache=cache, attention_mask=torch.ones(2, t + 1, dtype=torch.long))
     for layer in range(2):
         for name in ("store", "prev", "cur"):
             assert torch.equal(getattr(cache.states[layer], name).p, getattr(prefilled.states[layer], name).p), name
@@ -71,8 +71,8 @@ def test_padding_never_enters_the_store():
     row = random_ids(1, 50, seed=12)
     padded = torch.cat([torch.zeros(1, 30, dtype=torch.long), row], 1)
     mask = torch.cat([torch.zeros(1, 30, dtype=torch.long), torch.ones(1, 50, dtype=torch.long)], 1)
-    alone = model(row, use_cache=True).past_key_values
-    both = model(padded, attention_mask=mask, use_cache=True).past_key_values
+    alone = cache_of(model(row, use_cache=True))
+    both = cache_of(model(padded, attention_mask=mask, use_cache=True))
     for layer in range(2):
         for name in ("store", "prev", "cur"):
             assert torch.equal(getattr(both.states[layer], name).p, getattr(alone.states[layer], name).p)

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 import bmojo
 from bmojo.modeling_bmojo.checkpoint import CheckpointMismatchError
-from conftest import random_ids, tiny_model
+from conftest import cache_of, random_ids, tiny_model
 
 NAN, INF = float("nan"), float("inf")
 
@@ -168,20 +168,20 @@ def test_bad_inputs_embeds_and_both_given():
 
 def test_position_ids_inconsistent_with_cache():
     model = tiny_model()
-    cache = model(random_ids(1, 10), use_cache=True).past_key_values
+    cache = cache_of(model(random_ids(1, 10), use_cache=True))
     with pytest.raises(ValueError, match="position_ids"):
-        model(random_ids(1, 1), past_key_values=cache, position_ids=torch.tensor([[3]]))
+        model(random_ids(1, 1), cache=cache, position_ids=torch.tensor([[3]]))
     # The consistent value is accepted.
-    model(random_ids(1, 1), past_key_values=cache, position_ids=torch.tensor([[10]]))
+    model(random_ids(1, 1), cache=cache, position_ids=torch.tensor([[10]]))
 
 
 def test_cache_from_another_config():
     other = tiny_model(window_size=4, fading_tokens=4)
-    cache = other(random_ids(1, 10), use_cache=True).past_key_values
+    cache = cache_of(other(random_ids(1, 10), use_cache=True))
     with pytest.raises(ValueError, match="different config"):
-        tiny_model()(random_ids(1, 1), past_key_values=cache)
+        tiny_model()(random_ids(1, 1), cache=cache)
     with pytest.raises(ValueError, match="batch size"):
-        other(random_ids(2, 1), past_key_values=cache)
+        other(random_ids(2, 1), cache=cache)
 
 
 @pytest.mark.parametrize("overrides,words", [
@@ -193,21 +193,21 @@ def test_cache_from_another_config():
     (dict(eidetic_capacity=8), "eidetic_capacity=8 (model: 16)"),
 ])
 def test_cache_fingerprint_covers_every_field_that_gives_the_tensors_meaning(overrides, words):
-    cache = tiny_model(**overrides)(random_ids(1, 10), use_cache=True).past_key_values
+    cache = cache_of(tiny_model(**overrides)(random_ids(1, 10), use_cache=True))
     with pytest.raises(ValueError, match="different config: .*" + re.escape(words)):
-        tiny_model()(random_ids(1, 1), past_key_values=cache)
+        tiny_model()(random_ids(1, 1), cache=cache)
 
 
 def test_cache_of_another_model_with_the_same_config_is_accepted():
     # By design: the cache is not tied to one model object (generate() and beam search copy and reorder it).
-    cache = tiny_model(seed=1)(random_ids(1, 10), use_cache=True).past_key_values
-    tiny_model(seed=2)(random_ids(1, 1), past_key_values=cache)
+    cache = cache_of(tiny_model(seed=1)(random_ids(1, 10), use_cache=True))
+    tiny_model(seed=2)(random_ids(1, 1), cache=cache)
 
 
 @pytest.mark.parametrize("filled_in,read_in", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)])
 def test_cache_in_another_dtype(filled_in, read_in):
     model = tiny_model().to(filled_in)
-    cache = model(random_ids(1, 10), use_cache=True).past_key_values
+    cache = cache_of(model(random_ids(1, 10), use_cache=True))
     other = copy.deepcopy(model).to(read_in)
     with pytest.raises(ValueError, match=f"in {filled_in}, expected {read_in} for a model computing in {read_in}"):
         other(random_ids(1, 1), cache=cache)
@@ -218,7 +218,7 @@ def test_cache_in_another_dtype(filled_in, read_in):
 def test_cache_filled_by_the_model_passes_the_dtype_check(mixers, dtype):
     # The states keep the SSM state and eidetic scores in float32 whatever the model's dtype: still accepted.
     model = tiny_model(mixer_types=mixers).to(dtype)
-    cache = model(random_ids(1, 10), use_cache=True).past_key_values
+    cache = cache_of(model(random_ids(1, 10), use_cache=True))
     model(random_ids(1, 1), cache=cache)  # prefilled
     model(random_ids(1, 1), cache=cache)  # and stepped
 
@@ -233,7 +233,7 @@ def test_cache_under_autocast_is_accepted():
 
 def test_cache_checked_again_after_the_model_changes_dtype():
     model = tiny_model()
-    cache = model(random_ids(1, 10), use_cache=True).past_key_values
+    cache = cache_of(model(random_ids(1, 10), use_cache=True))
     model(random_ids(1, 1), cache=cache)  # accepted, and remembered as accepted for this dtype
     model.to(torch.bfloat16)
     with pytest.raises(ValueError, match="in torch.float32, expected torch.bfloat16"):
@@ -242,14 +242,14 @@ def test_cache_checked_again_after_the_model_changes_dtype():
 
 def test_cache_on_another_device():
     model = tiny_model()
-    cache = model(random_ids(1, 10), use_cache=True).past_key_values
+    cache = cache_of(model(random_ids(1, 10), use_cache=True))
     cache._map(lambda t: t.to("meta"))
     with pytest.raises(ValueError, match="layer 0's '.*' on meta but that layer's weights are on cpu"):
         model(random_ids(1, 1), cache=cache)
 
 
 def test_cache_cannot_be_cropped():
-    cache = tiny_model()(random_ids(1, 10), use_cache=True).past_key_values
+    cache = cache_of(tiny_model()(random_ids(1, 10), use_cache=True))
     with pytest.raises(ValueError, match="cannot be cropped"):
         cache.crop(5)
 

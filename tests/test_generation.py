@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import bmojo
-from conftest import random_ids, tiny_model
+from conftest import cache_of, random_ids, tiny_model
 
 MIXED = ["bmojo", "mamba2", "sliding_attention", "full_attention"]
 
@@ -29,8 +29,8 @@ def test_greedy_equals_argmax_loop(mixers):
 def test_generate_builds_a_bmojo_cache():
     model = tiny_model()
     out = model.generate(random_ids(1, 5), max_new_tokens=3, return_dict_in_generate=True)
-    assert isinstance(out.past_key_values, bmojo.BMojoCache)
-    assert out.past_key_values.get_seq_length() == 7  # 5 prompt tokens + 2 decoded inputs
+    assert isinstance(cache_of(out), bmojo.BMojoCache)
+    assert cache_of(out).get_seq_length() == 7  # 5 prompt tokens + 2 decoded inputs
 
 
 @torch.no_grad()

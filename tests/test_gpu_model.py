@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import bmojo
+from conftest import cache_of
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -64,7 +65,7 @@ def test_prefill_then_decode_on_gpu():
     out = fast(ids[:, :170], use_cache=True)
     logits = [out.logits]
     for t in range(170, 300):
-        logits.append(fast(ids[:, t:t + 1], past_key_values=out.past_key_values).logits)
+        logits.append(fast(ids[:, t:t + 1], cache=cache_of(out)).logits)
     assert rel(torch.cat(logits, 1), full) < 1e-3
 
 

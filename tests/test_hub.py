@@ -145,6 +145,48 @@ def test_exported_folder_loads_and_generates_without_package(exported, tmp_path)
     assert_same_outputs(load_without_package(folder, ids, tmp_path), model, ids)
 
 
+# The model card's usage snippet, run as written in a fresh interpreter without bmojo: BLOCK_BMOJO, then
+# each snippet file named on the command line.
+BLOCK_BMOJO = BLOCKED_LOAD.split("import torch")[0] + textwrap.dedent("""
+    for path in sys.argv[1:]:
+        exec(compile(open(path).read(), path, "exec"), {"__name__": "__main__"})
+""")
+
+
+def card_snippet(folder):
+    card = (folder / "README.md").read_text()
+    blocks = card.split("```python\n")[1:]
+    assert len(blocks) == 1, card
+    return card, blocks[0].split("```")[0]
+
+
+def test_model_card_usage_runs_as_written(tmp_path):
+    """With a tokenizer the card loads it with AutoTokenizer; without one it says none ships (and does not
+    call AutoTokenizer); both snippets run verbatim against the folder as their repo id."""
+    model, snippets = random_tiny_model(), []
+    for name, tokenizer in (("with", "ascii-chars"), ("without", None)):
+        folder = tmp_path / f"export-{name}-tokenizer"
+        export(model, folder, tokenizer=tokenizer, model_card_info={"repo_id": str(folder)})
+        card, snippet = card_snippet(folder)
+        assert f'from_pretrained("{folder}", trust_remote_code=True)' in snippet
+        assert ("AutoTokenizer" in snippet) == (tokenizer is not None)
+        assert ("No tokenizer was uploaded" in card) == (tokenizer is None)
+        assert (folder / "tokenizer.json").is_file() == (tokenizer is not None)
+        snippets.append(tmp_path / f"snippet-{name}.py")
+        snippets[-1].write_text(snippet)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH="")
+    run = subprocess.run([sys.executable, "-c", BLOCK_BMOJO, *map(str, snippets)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.startswith("The capital of France is"), run.stdout  # decoded by the ASCII tokenizer
+
+
+def test_export_refuses_a_tokenizer_larger_than_the_vocabulary(tmp_path):
+    model = bmojo.BMojoForCausalLM(bmojo.preset_config("tiny", vocab_size=64))
+    with pytest.raises(ValueError, match="tokenizer has 100 tokens but the model's vocab_size is 64"):
+        export(model, tmp_path, tokenizer="ascii-chars")
+
+
 class FakeHfApi:
     """Stands in for huggingface_hub.HfApi: records calls and what the uploaded folder held."""
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import random_ids, tiny_model
+from conftest import cache_of, random_ids, tiny_model
 
 
 @torch.no_grad()
@@ -20,10 +20,10 @@ def test_decoding_memory_does_not_grow(mixers):
     model = tiny_model(mixer_types=mixers)
     w = model.config.window_size
     ids = random_ids(1, 12 * w + 1)
-    cache = model(ids[:, :1], use_cache=True).past_key_values
+    cache = cache_of(model(ids[:, :1], use_cache=True))
     sizes = {}
     for t in range(1, ids.shape[1]):
-        model(ids[:, t:t + 1], past_key_values=cache, attention_mask=torch.ones(1, t + 1, dtype=torch.long))
+        model(ids[:, t:t + 1], cache=cache, attention_mask=torch.ones(1, t + 1, dtype=torch.long))
         if t in (10 * w, 11 * w, 12 * w):
             sizes[t] = (cache.nbytes(), {k: tuple(v.shape) for s in cache.states for k, v in s.named_tensors()})
     assert sizes[10 * w] == sizes[11 * w] == sizes[12 * w]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 
 import pytest
 import torch
@@ -185,3 +186,17 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert os.path.exists(out / "config.json")
     reloaded = bmojo.BMojoForCausalLM.from_pretrained(out)
     assert reloaded.config.model_type == "bmojo"
+    assert f"the model is in {out}" in text  # where it wrote, as an absolute path
+
+
+def test_demo_default_folder_is_new_and_temporary():
+    """Without --out the demo writes into a fresh folder under the temporary directory, not the cwd."""
+    first, second = cli.demo_folder(None, compare=False), cli.demo_folder(None, compare=True)
+    try:
+        for folder in (first, second):
+            assert os.path.isdir(folder) and not os.listdir(folder)
+            assert os.path.commonpath([folder, tempfile.gettempdir()]) == tempfile.gettempdir()
+        assert first != second and os.path.basename(second).startswith("bmojo-demo-compare-")
+    finally:
+        os.rmdir(first)
+        os.rmdir(second)

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 import bmojo
 from bmojo.kernels.innovation import EMPTY
 from bmojo.modeling_bmojo.mamba2 import Mamba2Mixer
-from conftest import random_ids, tiny_model
+from conftest import cache_of, random_ids, tiny_model
 from test_eidetic import brute_force_stores
 
 
@@ -62,7 +62,7 @@ def test_parallel_and_recurrent_forms_agree(cfg, length, data):
     out = model(ids[:, :split], use_cache=True)
     rest = [out.logits]
     for t in range(split, length):
-        rest.append(model(ids[:, t:t + 1], past_key_values=out.past_key_values).logits)
+        rest.append(model(ids[:, t:t + 1], cache=cache_of(out)).logits)
     torch.testing.assert_close(torch.cat(rest, 1), full, atol=1e-4, rtol=0)
     # After prefill + decode, every eidetic set holds what the definition (DESIGN.md §3.4) picks from the
     # model's own innovation scores: candidates = each chunk's n_e best, E_c = the M_e best candidates of
@@ -71,7 +71,7 @@ def test_parallel_and_recurrent_forms_agree(cfg, length, data):
         model.config.eidetic_capacity
     last = (length - 1) // window
     for i, (scores, keys) in seen.items():
-        state = out.past_key_values.states[i]
+        state = cache_of(out).states[i]
         if capacity is not None:
             assert int(torch.isfinite(state.store.s).sum(-1).max()) <= capacity  # filled entries
         for row in range(2):
@@ -151,10 +151,10 @@ def test_20000_token_stream_bounded_and_exact():
     model = tiny_model()
     ids = random_ids(1, 1)
     out = model(ids, use_cache=True)
-    cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    cache, nxt = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
     stream, sizes, last_logits = [ids, nxt], set(), []
     for step in range(1, 20000):
-        logits = model(nxt, past_key_values=cache).logits
+        logits = model(nxt, cache=cache).logits
         nxt = logits[:, -1].argmax(-1, keepdim=True)
         stream.append(nxt)
         if step > model.config.window_size + model.config.eidetic_capacity:
@@ -223,7 +223,7 @@ def test_extreme_decay_parameters_keep_both_forms_finite_and_equal(a_log, dt_bia
         out = model(ids[:, :13], attention_mask=mask[:, :13], use_cache=True)
         rest = [out.logits]
         for t in range(13, 30):
-            step = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=out.past_key_values)
+            step = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache_of(out))
             rest.append(step.logits)
     real = mask.bool()
     assert bool(torch.isfinite(full[real]).all())

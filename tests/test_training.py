@@ -6,6 +6,11 @@ from transformers import Trainer, TrainingArguments
 
 from conftest import random_ids, tiny_model
 
+# transformers 5.24 renamed TrainingArguments(gradient_checkpointing=...) and the model's
+# `is_gradient_checkpointing` to `activation_checkpointing`; the old names warn there. 5.13 has only the old.
+NEW_NAME = "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+CHECKPOINTING = "activation_checkpointing" if NEW_NAME else "gradient_checkpointing"
+
 
 def test_loss_is_shifted_cross_entropy_plus_innovation():
     model = tiny_model()
@@ -81,18 +86,19 @@ class RepeatingSequences(Dataset):
         return {"input_ids": self.data[i], "labels": self.data[i]}
 
 
-def test_trainer_with_gradient_checkpointing(tmp_path):
+def test_trainer_with_activation_checkpointing(tmp_path):
     model = tiny_model(seed=0).train()
     model.config.initializer_range = 0.02
     data = RepeatingSequences(64, 48)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=12,
-                             learning_rate=1e-2, gradient_checkpointing=True, logging_steps=1, report_to=[],
-                             save_strategy="no", use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+                             learning_rate=1e-2, logging_steps=1, report_to=[],
+                             save_strategy="no", use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
+                             **{CHECKPOINTING: True})
     with torch.no_grad():
         before = model(data.data[:16], labels=data.data[:16]).loss.item()
     trainer = Trainer(model=model, args=args, train_dataset=data)
     trainer.train()
-    assert model.is_gradient_checkpointing
+    assert getattr(model, f"is_{CHECKPOINTING}")
     with torch.no_grad():
         after = model.eval()(data.data[:16], labels=data.data[:16]).loss.item()
     assert after < before / 2, (before, after)
