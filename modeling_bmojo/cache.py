@@ -50,6 +50,9 @@ class BMojoCache(Cache):
         """Room of full-attention layers (transformers' own caches name it so; None: they grow)."""
         return self._max_cache_len
 
+    def grow_room(self, max_length):
+        self._max_cache_len = max(self._max_cache_len or 0, max_length)
+
     # --- what the model uses -------------------------------------------------------------
     @property
     def is_empty(self):

@@ -260,15 +260,16 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         transformers does for its static caches) spares a re-recording per generate() call. A cache
         returned by an earlier generate() is then overwritten by the next one on the same model."""
         max_length = generation_config.max_length
-        previous = getattr(self, "_reused_cache", None)
         if self.device.type != "cuda" or getattr(generation_config, "disable_compile", False):
             return BMojoCache(self.config, max_cache_len=max_length)
-        if previous is None or previous.max_cache_len != max_length or previous.fingerprint != _fingerprint(
-                self.config):
-            previous = BMojoCache(self.config, max_cache_len=max_length)
-            self._reused_cache = previous
-        previous.reset()
-        return previous
+        cache = getattr(self, "_reused_cache", None)
+        if cache is None or cache.fingerprint != _fingerprint(self.config):
+            cache = self._reused_cache = BMojoCache(self.config, max_cache_len=max_length)
+        # Room for the longest generation so far: the states are re-allocated only where this one needs more
+        # (full-attention layers), so calls of varying length keep the same buffers (BMojoCache.allocate).
+        cache.grow_room(max_length)
+        cache.reset()
+        return cache
 
     @staticmethod
     def create_masks_for_generate(attention_mask=None, **kwargs):
