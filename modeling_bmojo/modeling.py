@@ -285,7 +285,9 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         ids = inputs.get("input_ids")
         new = ids.shape[1] if ids is not None else inputs["inputs_embeds"].shape[1]
         if isinstance(cache, BMojoCache) and not cache.is_empty and torch.is_tensor(mask) and mask.dim() == 2:
-            inputs["attention_mask"] = mask[:, -new:].contiguous()  # one stride at every step too
+            # clone, not .contiguous(): a (B, 1) slice with B = 1 counts as contiguous yet keeps the stride of
+            # the whole mask, which grows every token; dynamo guards on strides and would recompile per token.
+            inputs["attention_mask"] = mask[:, -new:].clone(memory_format=torch.contiguous_format)
         return inputs
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,

@@ -161,3 +161,18 @@ def test_compiled_model_plain_forward_equals_eager():
     eager = model(ids, use_cache=False).logits
     compiled = torch.compile(copy.deepcopy(model), backend="aot_eager")
     torch.testing.assert_close(compiled(ids, use_cache=False).logits, eager, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_generate_batch_of_one_compiles_once():
+    """With one row, a (1, 1) slice of the growing mask counts as contiguous but keeps the mask's stride:
+    generate() must hand the step a fresh (1, 1) mask, or dynamo recompiles (and CUDA graphs re-record)
+    at every token."""
+    model = tiny_model()
+    backend, graphs = counting_backend()
+    compile_config = CompileConfig(backend=backend, fullgraph=True, mode=None)
+    compile_config._compile_all_devices = True
+    ids = random_ids(1, 9, seed=10)
+    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False, pad_token_id=0,
+                   compile_config=compile_config)
+    assert len(graphs) == 1, f"generate() compiled the decode step {len(graphs)} times"

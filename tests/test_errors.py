@@ -243,7 +243,8 @@ def test_cache_checked_again_after_the_model_changes_dtype():
 def test_cache_on_another_device():
     model = tiny_model()
     cache = cache_of(model(random_ids(1, 10), use_cache=True))
-    cache._map(lambda t: t.to("meta"))
+    for state in cache.states:  # as if the states had been moved away from the model
+        state.map_(lambda t: t.to("meta"))
     with pytest.raises(ValueError, match="layer 0's '.*' on meta but that layer's weights are on cpu"):
         model(random_ids(1, 1), cache=cache)
 
