@@ -85,12 +85,12 @@ def output_hidden_states_flag(config, output_hidden_states, output_attentions):
     if output_attentions is None:
         output_attentions = getattr(config, "output_attentions", False)
     if output_attentions:
-        raise ValueError("output_attentions=True is not supported: B'MOJO's sliding-window and eidetic attention "
-                         "never form attention weights; leave it out or set it to False (in the call and in "
-                         "config.output_attentions)")
+        raise ValueError("output_attentions=True is not supported: B'MOJO's sliding-window and eidetic "
+                         "attention never form attention weights; leave it out or set it to False (in the "
+                         "call and in config.output_attentions)")
     if output_hidden_states is None:
         output_hidden_states = getattr(config, "output_hidden_states", False)
     if output_hidden_states not in (True, False):
-        raise ValueError(f"output_hidden_states must be True or False (selecting layers by index is not supported), "
-                         f"got {output_hidden_states!r}")
+        raise ValueError(f"output_hidden_states must be True or False (selecting layers by index is not "
+                         f"supported), got {output_hidden_states!r}")
     return bool(output_hidden_states)

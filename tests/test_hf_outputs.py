@@ -76,7 +76,7 @@ def test_generate_with_tuple_outputs_in_the_config():
 def test_attention_weights_are_refused(cls):
     model = _model(cls)
     ids = random_ids(1, 5)
-    with pytest.raises(ValueError, match=r"output_attentions=True is not supported.*never form attention weights"):
+    with pytest.raises(ValueError, match=r"output_attentions=True is not supported.*never form attention"):
         model(ids, output_attentions=True)
     model.config.output_attentions = True
     with pytest.raises(ValueError, match="output_attentions=True is not supported"):
