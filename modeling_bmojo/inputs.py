@@ -91,3 +91,22 @@ def left_justify_order(mask):
     if not bool((first > 0).any()):
         return None
     return torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+
+
+def output_hidden_states_flag(config, output_hidden_states, output_attentions):
+    """The call's `output_hidden_states`, or the config's when the call leaves it out (as every transformers
+    model reads it). Refuses `output_attentions` (from the call or the config): B'MOJO's attention layers
+    never form attention weights, and transformers itself raises for attention weights from a backend
+    that has none, rather than returning None."""
+    if output_attentions is None:
+        output_attentions = getattr(config, "output_attentions", False)
+    if output_attentions:
+        raise ValueError("output_attentions=True is not supported: B'MOJO's sliding-window and eidetic "
+                         "attention never form attention weights; leave it out or set it to False (in the "
+                         "call and in config.output_attentions)")
+    if output_hidden_states is None:
+        output_hidden_states = getattr(config, "output_hidden_states", False)
+    if output_hidden_states not in (True, False):
+        raise ValueError(f"output_hidden_states must be True or False (selecting layers by index is not "
+                         f"supported), got {output_hidden_states!r}")
+    return bool(output_hidden_states)

@@ -17,19 +17,21 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import can_return_tuple
 
 from ..configuration.configuration_bmojo import BMojoConfig
 from .attention import Attention, BMojoMixer
 from .cache import CACHE_NAME, BMojoCache, _fingerprint, check_cache, check_cache_storage, pick_cache
 from .checkpoint import load_checked
 from .common import RMSNorm, swiglu
-from .inputs import check_inputs, left_justify_order
+from .inputs import check_inputs, left_justify_order, output_hidden_states_flag
 from .mamba2 import Mamba2Mixer, ssm_init_values
 
 
 @dataclass
 class BMojoModelOutput(BaseModelOutputWithPast):
-    """`innovation_loss`: the weighted innovation-predictor loss, averaged over B'MOJO layers."""
+    """`innovation_loss`: the weighted innovation-predictor loss, averaged over B'MOJO layers. `attentions` is
+    always None: no layer forms attention weights (`output_attentions=True` raises)."""
 
     innovation_loss: torch.FloatTensor | None = None
 
@@ -38,7 +40,8 @@ class BMojoModelOutput(BaseModelOutputWithPast):
 class BMojoCausalLMOutput(CausalLMOutputWithPast):
     """`loss` = LM loss + `innovation_loss` when labels are given. When the Trainer passes
     `num_items_in_batch`, both terms are sums over this batch's tokens divided by it (the innovation term by
-    its token sum, so `innovation_loss` x tokens / `num_items_in_batch`); `innovation_loss` is unweighted."""
+    its token sum, so `innovation_loss` x tokens / `num_items_in_batch`); `innovation_loss` is unweighted.
+    `attentions` is always None, as in `BMojoModelOutput`."""
 
     innovation_loss: torch.FloatTensor | None = None
 
@@ -90,6 +93,12 @@ class BMojoPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["BMojoDecoderLayer"]
     _is_stateful = True  # assisted decoding would need to roll the SSM state back: refused by generate()
+    # The attention layers (sliding window, eidetic memory) run their own code and never form attention
+    # weights: no SDPA / flash / flex backend to pick (attn_implementation= raises) and no output_attentions.
+    _supports_sdpa = False
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`. Once the classes are registered for an Auto class
@@ -148,9 +157,11 @@ class BMojoModel(BMojoPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @can_return_tuple  # return_dict=False, or config.return_dict False: a tuple
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
-                inputs_embeds=None, use_cache=None, output_hidden_states=None, return_dict=None,
-                past_key_values=None, **kwargs):
+                inputs_embeds=None, use_cache=None, output_hidden_states=None, past_key_values=None,
+                output_attentions=None, **kwargs):
+        output_hidden_states = output_hidden_states_flag(self.config, output_hidden_states, output_attentions)
         past_key_values = pick_cache(cache, past_key_values)
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
@@ -164,11 +175,11 @@ class BMojoModel(BMojoPreTrainedModel):
         mask = check_inputs(self.config, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else False
         if past_key_values is None or past_key_values.is_empty:
             hidden, all_hidden, aux = self._parallel(inputs_embeds, mask, past_key_values, output_hidden_states)
         else:
             hidden, all_hidden, aux = self._recurrent(inputs_embeds, mask, past_key_values, output_hidden_states)
+        all_hidden = tuple(all_hidden) if all_hidden is not None else None  # transformers' type for them
         return BMojoModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, innovation_loss=aux,
                                 **{CACHE_NAME: past_key_values if use_cache else None})
 
@@ -290,12 +301,14 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
             inputs["attention_mask"] = mask[:, -new:].clone(memory_format=torch.contiguous_format)
         return inputs
 
+    @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
-                inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None, return_dict=None,
-                logits_to_keep=0, past_key_values=None, **kwargs):
+                inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None,
+                logits_to_keep=0, past_key_values=None, output_attentions=None, **kwargs):
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              cache=pick_cache(cache, past_key_values), inputs_embeds=inputs_embeds,
-                             use_cache=use_cache, output_hidden_states=output_hidden_states)
+                             use_cache=use_cache, output_hidden_states=output_hidden_states,
+                             output_attentions=output_attentions, return_dict=True)
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else slice(None)
         logits = self.lm_head(hidden[:, keep])
@@ -313,6 +326,6 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
                 innovation = innovation * torch.as_tensor(tokens, device=innovation.device) / torch.as_tensor(
                     items, device=innovation.device)
             loss = self.loss_function(logits, labels, self.vocab_size, **kwargs) + innovation
-        out = BMojoCausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                  innovation_loss=outputs.innovation_loss, **{CACHE_NAME: getattr(outputs, CACHE_NAME)})
-        return out if return_dict is not False else out.to_tuple()
+        return BMojoCausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                   innovation_loss=outputs.innovation_loss,
+                                   **{CACHE_NAME: getattr(outputs, CACHE_NAME)})

@@ -326,12 +326,64 @@ def test_ignore_mismatched_sizes_keeps_its_meaning(saved_tiny):
 
 
 def test_untied_head_between_base_and_causal_lm(tmp_path):
-    tiny_model(tie_word_embeddings=False).save_pretrained(tmp_path / "lm")
-    bmojo.BMojoModel.from_pretrained(tmp_path / "lm")  # the base model drops the LM head: allowed
-    AutoModel.from_pretrained(tmp_path / "lm").save_pretrained(tmp_path / "base")
-    # An untied LM from a base checkpoint would have a random output head.
-    with pytest.raises(ValueError, match=MISMATCH + r".*missing from the checkpoint.*: lm_head\.weight"):
-        AutoModelForCausalLM.from_pretrained(tmp_path / "base", tie_word_embeddings=False)
+    lm = tiny_model(tie_word_embeddings=False)
+    lm.save_pretrained(tmp_path / "lm")
+    base = bmojo.BMojoModel.from_pretrained(tmp_path / "lm")  # the base model drops the LM head: allowed
+    base.save_pretrained(tmp_path / "base")
+    # As for Llama: an untied LM from a base checkpoint loads every base weight, initialises the output head
+    # (config.initializer_range, 0.2 here) and reports it as missing.
+    model, info = AutoModelForCausalLM.from_pretrained(tmp_path / "base", tie_word_embeddings=False,
+                                                       output_loading_info=True)
+    assert set(info["missing_keys"]) == {"lm_head.weight"} and not info["unexpected_keys"]
+    saved = lm.model.state_dict()
+    assert all(torch.equal(t, saved[name]) for name, t in model.model.state_dict().items())
+    head = model.lm_head.weight
+    assert head.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    assert bool(torch.isfinite(head).all()) and abs(float(head.std()) - 0.2) < 0.02
+    assert not torch.equal(head, lm.lm_head.weight)
+    # Without output_loading_info it loads all the same.
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "base", tie_word_embeddings=False),
+                      bmojo.BMojoForCausalLM)
+    # A base checkpoint that lacks more than the head is still refused, the head listed with the rest.
+    with pytest.raises(ValueError, match=MISMATCH + r".*20 parameter\(s\) of the model missing.*"
+                                                    r"lm_head\.weight, model\.layers\.2\."):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "base", tie_word_embeddings=False,
+                                             num_hidden_layers=3, mixer_types=["bmojo"] * 3)
+
+
+def test_output_loading_info_returns_what_does_not_match(saved_tiny):
+    # The caller asks for the info: missing and unexpected parameters come back in it, as from transformers.
+    folder, _ = saved_tiny
+    model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True,
+                                                       num_hidden_layers=3, mixer_types=["bmojo"] * 3)
+    assert len(model.model.layers) == 3
+    assert len(info["missing_keys"]) == 19 and all(".layers.2." in k for k in info["missing_keys"])
+    model, info = AutoModel.from_pretrained(folder, output_loading_info=True, mixer_types=["bmojo", "mamba2"])
+    assert "layers.1.mixer.A_log" in info["missing_keys"]
+    # (unexpected keys keep the checkpoint's "model." prefix)
+    assert any(k.endswith("layers.1.mixer.fading.A_log") for k in info["unexpected_keys"])
+    # Shapes that disagree still raise (transformers raises too), unless the caller ignores them.
+    with pytest.raises(ValueError, match=MISMATCH + r".*38 parameter\(s\) with a different shape"):
+        AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, hidden_size=48)
+    _, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, hidden_size=48,
+                                                   ignore_mismatched_sizes=True)
+    assert len(info["mismatched_keys"]) == 38
+
+
+@pytest.mark.parametrize("cls", [bmojo.BMojoModel, bmojo.BMojoForCausalLM])
+def test_weights_from_the_callers_state_dict(cls):
+    cfg = bmojo.preset_config("tiny", tie_word_embeddings=False)
+    torch.manual_seed(0)
+    weights = cls(cfg).state_dict()
+    loaded = cls.from_pretrained(None, config=cfg, state_dict=weights).state_dict()
+    assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], weights[k]) for k in weights)
+    # state_dict={}: transformers' way to build on the meta device and initialise every parameter.
+    fresh = cls.from_pretrained(None, config=cfg, state_dict={})
+    assert all(p.device.type == "cpu" and bool(torch.isfinite(p).all()) for p in fresh.parameters())
+    # A dict of another config (a third layer the model does not have) is still refused.
+    deeper = cls(bmojo.preset_config("tiny", num_hidden_layers=3, mixer_types=["bmojo"] * 3)).state_dict()
+    with pytest.raises(ValueError, match=MISMATCH + r".*in the checkpoint that the model does not have"):
+        cls.from_pretrained(None, config=cfg, state_dict=deeper)
 
 
 def test_config_json_with_out_of_range_value(tmp_path):
