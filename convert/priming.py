@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _IncompatibleKeys
 from transformers.utils import ModelOutput
 
 from ..configuration import BMojoConfig
@@ -172,6 +173,8 @@ class PrimingDistillation(nn.Module):
     train. The teacher stays in eval mode and receives no gradient; `student` is what to save afterwards
     (`distiller.student.save_pretrained(...)`)."""
 
+    _keys_to_ignore_on_save = None  # read by Trainer when it resumes from a checkpoint
+
     def __init__(self, student, teacher, freeze=True):
         super().__init__()
         self.student, self.teacher = student, teacher
@@ -184,6 +187,32 @@ class PrimingDistillation(nn.Module):
         super().train(mode)
         self.teacher.eval()
         return self
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        """The student's weights, each tensor once: what `Trainer` checkpoints. (safetensors refuses tensors
+        shared by tied embeddings, and the teacher is frozen: it is the checkpoint it was loaded from.)
+        `Trainer` resumes with `load_state_dict(..., strict=False)`, which leaves the teacher as it is."""
+        weights = self.student.state_dict(prefix=prefix + "student.", keep_vars=keep_vars)
+        seen, out = set(), {} if destination is None else destination
+        for name, tensor in weights.items():
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                out[name] = tensor
+        return out
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """Loads what `state_dict` saves (the student's weights; the teacher is left as it is)."""
+        prefix = "student."
+        unexpected = [name for name in state_dict if not name.startswith(prefix)]
+        loaded = self.student.load_state_dict({name[len(prefix):]: t for name, t in state_dict.items()
+                                               if name.startswith(prefix)}, strict=False, assign=assign)
+        saved = self.state_dict()  # a tied head is saved (and so loaded) as the embedding
+        missing = [prefix + name for name in loaded.missing_keys if prefix + name in saved]
+        unexpected += [prefix + name for name in loaded.unexpected_keys]
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"PrimingDistillation.load_state_dict: missing {missing}, "
+                               f"unexpected {unexpected}")
+        return _IncompatibleKeys(missing, unexpected)
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         """`labels` are accepted (and ignored) so that language-modelling batches can be used unchanged."""

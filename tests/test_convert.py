@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, LlamaForCausalLM, Mamba2Config,
                           Mamba2ForCausalLM, MistralConfig, MistralForCausalLM, Trainer, TrainingArguments)
 
@@ -284,10 +285,11 @@ def test_priming_refuses_ssm_shapes_that_cannot_hold_attention():
 
 
 def test_priming_distillation_trains_only_new_weights_and_lowers_its_loss(tmp_path):
-    teacher = llama(seed=13)
+    teacher = llama(seed=13, tie_word_embeddings=True)
     teacher_before = {n: p.clone() for n, p in teacher.named_parameters()}
-    student = prime(teacher, mixer_types=["bmojo", "mamba2"], window_size=4, fading_tokens=4,
-                    eidetic_capacity=8, eidetic_tokens_per_chunk=2, ssm_chunk_size=8)
+    shape = dict(mixer_types=["bmojo", "mamba2"], window_size=4, fading_tokens=4, eidetic_capacity=8,
+                 eidetic_tokens_per_chunk=2, ssm_chunk_size=8)
+    student = prime(teacher, **shape)
     distiller = PrimingDistillation(student, teacher)
     student_before = {n: p.clone() for n, p in student.named_parameters()}
     data = [{"input_ids": row} for row in ids(batch=64, length=24, seed=14)]
@@ -295,9 +297,14 @@ def test_priming_distillation_trains_only_new_weights_and_lowers_its_loss(tmp_pa
     with torch.no_grad():
         loss_before = distiller(probe).loss.item()
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=20, learning_rate=1e-2,
-                             per_device_train_batch_size=8, report_to=[], save_strategy="no", use_cpu=True,
+                             per_device_train_batch_size=8, report_to=[], save_steps=20, use_cpu=True,
                              disable_tqdm=True, logging_steps=100)
     Trainer(model=distiller, args=args, train_dataset=data).train()
+    # The checkpoint holds the student, tied embeddings once, and a fresh distiller reloads it exactly.
+    saved = load_file(tmp_path / "checkpoint-20" / "model.safetensors")
+    fresh = PrimingDistillation(prime(teacher, **shape), teacher)
+    assert not fresh.load_state_dict(saved, strict=True).missing_keys
+    assert all(torch.equal(p, student.state_dict()[n]) for n, p in fresh.student.state_dict().items())
     with torch.no_grad():
         out = distiller.eval()(probe)
     assert out.loss.item() < 0.6 * loss_before  # measured: 1.94 -> 0.92
@@ -306,3 +313,21 @@ def test_priming_distillation_trains_only_new_weights_and_lowers_its_loss(tmp_pa
     for name, p in student.named_parameters():
         assert torch.equal(p, student_before[name]) != (name in new), name  # new weights moved, others not
     assert all(torch.equal(p, teacher_before[n]) for n, p in teacher.named_parameters())
+
+
+@torch.no_grad()
+def test_blocks_without_mlp_have_none_and_keep_both_forms_equal():
+    """intermediate_size=0: every block is x + Mixer(RMSNorm(x)), for each mixer type; forward = prefill
+    + token-by-token decode (atol 1e-4, as tests/test_cache_equivalence.py)."""
+    from conftest import random_ids, tiny_model
+    from test_cache_equivalence import prefill_then_decode
+
+    kinds = ["bmojo", "mamba2", "sliding_attention", "full_attention"]
+    model = tiny_model(num_hidden_layers=4, mixer_types=kinds, intermediate_size=0)
+    assert all(layer.mlp is None and layer.post_mixer_norm is None for layer in model.model.layers)
+    assert not any("mlp" in name or "post_mixer_norm" in name for name in model.state_dict())
+    x = random_ids(2, 30, seed=15)
+    full = model(x, use_cache=False).logits
+    for split in (1, 9, 29):
+        got, _ = prefill_then_decode(model, x, split)
+        torch.testing.assert_close(got, full, atol=1e-4, rtol=0)
