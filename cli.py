@@ -2,7 +2,9 @@
 train the tiny B'MOJO preset on multi-query associative recall (MQAR; Arora et al., "Zoology",
 2023), save it, reload it through `AutoModelForCausalLM`, check the reload is exact, generate,
 and report recall on unseen sequences. `bmojo demo --compare` runs the CPU-scale MQAR comparison
-of every model family at matched decoding-state budgets (bmojo.eval.mqar)."""
+of every model family at matched decoding-state budgets (bmojo.eval.mqar). `bmojo convert` converts
+checkpoints between HF Llama / Mistral / Mamba2 and bmojo exactly, or primes a B'MOJO from a Llama
+(bmojo.convert)."""
 
 import argparse
 import os
@@ -32,11 +34,53 @@ def _demo_parser(sub):
     return p
 
 
+def _convert_parser(sub):
+    p = sub.add_parser(
+        "convert", help="convert between HF Llama/Mistral/Mamba2 and bmojo, or prime a B'MOJO from a Llama",
+        description="Exact conversion of a checkpoint (folder or Hub id): HF LlamaForCausalLM, "
+                    "MistralForCausalLM or Mamba2ForCausalLM -> its bmojo family, or a bmojo "
+                    "full_attention / sliding_attention / mamba2 model -> the HF model. With --prime, a "
+                    "Llama or Mistral checkpoint becomes a primed B'MOJO (README: priming).")
+    p.add_argument("source", help="checkpoint folder or Hub id")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--prime", action="store_true", help="build a primed B'MOJO from a Llama/Mistral")
+    p.add_argument("--mixer-types", default=None,
+                   help="with --prime: comma-separated mixer per layer (default all bmojo)")
+    p.add_argument("--fading-init", choices=("attention", "fresh"), default="attention",
+                   help="with --prime: the SSM from the attention weights (default) or fresh")
+    p.add_argument("--window-size", type=int, default=None, help="with --prime: w")
+    p.add_argument("--fading-tokens", type=int, default=None, help="with --prime: n_f")
+    p.add_argument("--eidetic-capacity", default=None,
+                   help="with --prime: M_e (0 for B'MOJO-F, 'none' for unbounded)")
+    p.add_argument("--dtype", default="auto", help="dtype to load the source in (default: its own)")
+    return p
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="bmojo", description="B'MOJO hybrid SSM/attention language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     _demo_parser(sub)
+    _convert_parser(sub)
     return parser
+
+
+def convert(ns):
+    from bmojo.convert.checkpoints import convert_checkpoint
+
+    overrides = {name: getattr(ns, name) for name in ("window_size", "fading_tokens")
+                 if getattr(ns, name) is not None}
+    if ns.eidetic_capacity is not None:
+        capacity = ns.eidetic_capacity
+        overrides["eidetic_capacity"] = None if capacity.lower() == "none" else int(capacity)
+    mixer_types = ns.mixer_types.split(",") if ns.mixer_types else None
+    try:
+        model = convert_checkpoint(ns.source, ns.out, primed=ns.prime, mixer_types=mixer_types,
+                                   fading_init=ns.fading_init, dtype=ns.dtype, **overrides)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _say(f"{ns.source} -> {type(model).__name__} saved to {ns.out}/")
+    return 0
 
 
 def _say(msg):
@@ -125,6 +169,8 @@ def demo_folder(out, compare):
 
 def main(argv=None):
     ns = build_parser().parse_args(argv)
+    if ns.command == "convert":
+        return convert(ns)
     if ns.command == "demo":
         if ns.steps is not None and ns.steps < 1:
             print("error: --steps must be >= 1", file=sys.stderr)

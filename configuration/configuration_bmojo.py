@@ -76,7 +76,8 @@ class BMojoConfig(PretrainedConfig):
     Args:
         vocab_size (`int`, *optional*, defaults to 50280): number of token ids.
         hidden_size (`int`, *optional*, defaults to 768): width of the residual stream.
-        intermediate_size (`int`, *optional*, defaults to 2048): width of the SwiGLU MLP.
+        intermediate_size (`int`, *optional*, defaults to 2048): width of the SwiGLU MLP; 0 gives blocks
+            without an MLP (mixer only, as in Mamba's own models).
         num_hidden_layers (`int`, *optional*, defaults to 12): number of blocks.
         mixer_types (`list[str]`, *optional*): one of `"bmojo"`, `"mamba2"`, `"sliding_attention"`,
             `"full_attention"` per layer. Defaults to all `"bmojo"`.
@@ -206,7 +207,7 @@ class BMojoConfig(PretrainedConfig):
         from_dict (after overrides) and by the model's constructor (after any attribute assignment)."""
         _check_int("vocab_size", self.vocab_size, 1)
         _check_int("hidden_size", self.hidden_size, 1)
-        _check_int("intermediate_size", self.intermediate_size, 1)
+        _check_int("intermediate_size", self.intermediate_size, 0)
         _check_int("num_hidden_layers", self.num_hidden_layers, 1)
         if not isinstance(self.mixer_types, (list, tuple)):
             raise ValueError(f"BMojoConfig.mixer_types must be a list with one of {MIXER_TYPES} per layer "

@@ -1,6 +1,7 @@
 """B'MOJO language model on the Hugging Face contract: blocks, `BMojoModel`, `BMojoForCausalLM`.
 
-Block: x -> x + Mixer(RMSNorm(x)) -> h + SwiGLU(RMSNorm(h)). The mixer of layer i is
+Block: x -> x + Mixer(RMSNorm(x)) -> h + SwiGLU(RMSNorm(h)), or x + Mixer(RMSNorm(x)) alone when
+`intermediate_size` is 0 (Mamba's own blocks have no MLP). The mixer of layer i is
 `config.mixer_types[i]`: B'MOJO, Mamba-2, sliding-window or full attention (DESIGN.md §2).
 
 Two forms of one function (DESIGN.md §4): an empty cache runs the parallel form over the whole
@@ -72,19 +73,22 @@ class BMojoDecoderLayer(GradientCheckpointingLayer):
         self.kind = config.mixer_types[layer_idx]
         self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.use_kernels)
         self.mixer = build_mixer(config, self.kind)
-        self.post_mixer_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.use_kernels)
-        self.mlp = BMojoMLP(config)
+        self.post_mixer_norm = self.mlp = None  # intermediate_size 0: a block without MLP
+        if config.intermediate_size > 0:
+            self.post_mixer_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.use_kernels)
+            self.mlp = BMojoMLP(config)
+
+    def _add_mlp(self, hidden):
+        return hidden if self.mlp is None else hidden + self.mlp(self.post_mixer_norm(hidden))
 
     def forward(self, hidden, lengths, state=None):
         """Parallel form over [B, T, d]; fills `state` (the mixer's typed state) when given."""
         out, aux = self.mixer(self.input_norm(hidden), lengths, state)
-        hidden = hidden + out
-        return hidden + self.mlp(self.post_mixer_norm(hidden)), aux
+        return self._add_mlp(hidden + out), aux
 
     def step(self, hidden, pos, valid, state):
         """One token per row [B, d] at positions pos [B]; rows where not `valid` leave `state` unchanged."""
-        hidden = hidden + self.mixer.step(self.input_norm(hidden), pos, valid, state)
-        return hidden + self.mlp(self.post_mixer_norm(hidden))
+        return self._add_mlp(hidden + self.mixer.step(self.input_norm(hidden), pos, valid, state))
 
 
 class BMojoPreTrainedModel(PreTrainedModel):
