@@ -19,16 +19,14 @@ Usage (GPU): python benchmarks/bench_generate.py --out results.json [--points 20
 import argparse
 import datetime
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 import bmojo
+from isolated import row_in_child, save
 
 WIDTH = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
              num_key_value_heads=12, vocab_size=32000)
@@ -136,7 +134,8 @@ def ratios(models, points):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench_generate.json")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--points", default="2048x1,2048x16,8192x1,8192x16,32768x1,32768x16",
@@ -153,26 +152,19 @@ def main():
                "torch": torch.__version__, "transformers": __import__("transformers").__version__,
                "sizes": WIDTH, "bmojo_sizes": MATCHED, "new_tokens": NEW_TOKENS, "models": {}}
     for name in names:
-        row_file = f"{args.out}.{name}.row"
-        cmd = [sys.executable, __file__, "--models", name, "--out", row_file, "--points", args.points,
-               "--reps", str(args.reps)]
-        done = subprocess.run(cmd)
-        if done.returncode == 0:
-            with open(row_file) as f:
-                results["models"][name] = json.load(f)
-            os.remove(row_file)
-        else:
-            results["models"][name] = {"error": f"exit code {done.returncode}"}
+        results["models"][name] = row_in_child(__file__, name, args.out,
+                                               ["--points", args.points, "--reps", str(args.reps)])
         results["ratios"] = ratios(results["models"], points)
-        with open(args.out, "w") as f:  # partial results survive a time-out
-            json.dump(results, f, indent=2)
+        save(results, args.out)
     print(f"\n{'model':16s} " + " ".join(f"{f'ctx{c}_B{b}':>22s}" for c, b in points))
     for name, row in results["models"].items():
         cells = []
         for c, b in points:
             point = row.get(f"ctx{c}_B{b}", {})
-            cells.append(f"{point.get('tok_s', float('nan')):9.1f} /{point.get('decode_tok_s', float('nan')):9.1f}"
-                         if "tok_s" in point else f"{'error':>22s}")
+            if "tok_s" in point:
+                cells.append(f"{point['tok_s']:10.1f} /{point['decode_tok_s']:10.1f}")
+            else:
+                cells.append(f"{'error':>22s}")
         print(f"{name:16s} " + " ".join(cells))
     print("(tok/s with prefill / decode-only tok/s)\n")
     for key, value in results["ratios"].items():

@@ -9,15 +9,13 @@ Usage (GPU):  python benchmarks/bench_model.py --out results.json [--quick]
 import argparse
 import datetime
 import json
-import os
-import subprocess
-import sys
 import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 import bmojo
+from isolated import row_in_child, save
 from bmojo.modeling_bmojo.cache import CACHE_NAME
 
 WIDTH = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
@@ -136,18 +134,9 @@ def main():
     results = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
                "torch": torch.__version__, "sizes": WIDTH, "matched_sizes": MATCHED, "models": {}}
     for name in names:
-        row_file = f"{args.out}.{name}.row"
-        cmd = [sys.executable, __file__, "--models", name, "--out", row_file] + (["--quick"] if args.quick else [])
-        done = subprocess.run(cmd)
-        if done.returncode == 0:
-            with open(row_file) as f:
-                results["models"][name] = json.load(f)
-            os.remove(row_file)
-        else:
-            results["models"][name] = {"error": f"exit code {done.returncode}"}
+        results["models"][name] = row_in_child(__file__, name, args.out, ["--quick"] if args.quick else [])
         print(name, json.dumps(results["models"][name]), flush=True)
-        with open(args.out, "w") as f:  # partial results survive a time-out
-            json.dump(results, f, indent=2)
+        save(results, args.out)
     ratios = {}
     models = results["models"]
     for ours in (m for m in models if m.startswith("bmojo")):

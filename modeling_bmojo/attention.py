@@ -76,7 +76,8 @@ class Attention(nn.Module):
     def new_state(self, batch, device, dtype, max_length):
         """The decoding state: a ring of the last w keys/values, or (full attention) room for `max_length`."""
         size = max_length if self.window is None else self.window
-        return AttentionState(batch, size, self.kv_heads, self.head_dim, device, dtype, full=self.window is None)
+        full = self.window is None
+        return AttentionState(batch, size, self.kv_heads, self.head_dim, device, dtype, full=full)
 
     def _attend(self, q_rot, segments):
         """q_rot [B, H, D] against [(q, k [B, S, Hkv, D], v, mask [B, S])] -> [B, H, D]."""
@@ -96,7 +97,7 @@ class Attention(nn.Module):
         return [self.rope(t[:, None], angles)[:, 0] for t in tensors]
 
     def step(self, hidden, pos, valid, state):
-        """One token per row: hidden [B, d] at positions pos [B]; rows where not `valid` leave `state` as it was."""
+        """One token per row: hidden [B, d] at positions pos [B]; rows not `valid` leave `state` as it was."""
         q, k, v = self.project(hidden)  # (B, H, D), (B, Hkv, D)
         q_rot, k_rot = self.rotate_one(pos, q, k)
         ring = state.window

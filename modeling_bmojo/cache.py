@@ -83,7 +83,8 @@ class BMojoCache(Cache):
         return self.dtype == dtype and all(full.size >= room for full in self._full_attention_buffers())
 
     def _full_attention_buffers(self):
-        return [state.window for state in self.states if isinstance(getattr(state, "window", None), FullKeyValues)]
+        return [state.window for state in self.states
+                if isinstance(getattr(state, "window", None), FullKeyValues)]
 
     def start(self, lengths, columns):
         self.lengths.copy_(lengths)
@@ -214,6 +215,7 @@ FINGERPRINT_FIELDS = (
     "ssm_n_groups", "conv_kernel",
 )
 
+
 def _fingerprint(config):
     """What a cache must agree on with the model that reads it."""
     def freeze(value):  # compared by value: 10000 == 10000.0, ["bmojo"] == ("bmojo",)
@@ -246,12 +248,13 @@ def check_cache(cache, config):
 def check_cache_tensors(cache, dtype, layer_devices, skip_dtype=False):
     """A filled cache must have been allocated in the dtype the model computes in and hold each layer's
     state on the device of that layer's weights; otherwise the first decode step would fail deep inside a
-    matmul (or silently compute in another precision). `layer_devices[i]` None skips layer i's device check."""
+    matmul (or silently compute in another precision). `layer_devices[i]` None skips layer i's device
+    check."""
     if not skip_dtype and cache.dtype != dtype:
         raise ValueError(
             f"the cache holds its states in {cache.dtype}, expected {dtype} for a model computing in {dtype} "
-            f"(the cache was filled by a model in another dtype); start a new cache for this model, or convert "
-            f"the model to the dtype the cache was made with")
+            f"(the cache was filled by a model in another dtype); start a new cache for this model, or "
+            f"convert the model to the dtype the cache was made with")
     for i, state in enumerate(cache.states):
         device = layer_devices[i] if i < len(layer_devices) else None
         if state is None or device is None:

@@ -17,8 +17,8 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
     """Validates one forward call; returns the bool mask of the new tokens [B, T].
 
     `attention_mask` covers the cached and the new columns (B, past + T), as transformers passes it, or,
-    on a filled cache, only the new ones (B, T): generate() is given the latter (`prepare_inputs_for_generation`)
-    so that a compiled decode step sees the same shapes at every token. Checks that read tensor values
+    on a filled cache, only the new ones (B, T): generate() is given the latter
+    (`prepare_inputs_for_generation`) so that a compiled decode step sees the same shapes at every token. Checks that read tensor values
     (id range, 0/1 mask, holes, positions) run in eager calls only: inside a compiled step they would
     break the graph or sync the device every token."""
     checking_values = not torch.compiler.is_compiling()
@@ -53,8 +53,8 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
         mask = torch.ones(batch, new, dtype=torch.bool, device=device)
     else:
         columns = attention_mask.shape[-1]
-        if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or (columns != new and checking_values
-                                                                              and columns != _past(cache) + new):
+        wrong_columns = columns != new and checking_values and columns != _past(cache) + new
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or wrong_columns:
             shapes = f"({batch}, {new})" + (f" or ({batch}, {_past(cache) + new})" if filled else "")
             raise ValueError(f"attention_mask must have shape (batch, past + seq_len) or, after a prefill, "
                              f"(batch, seq_len): {shapes}, got {tuple(attention_mask.shape)}")
