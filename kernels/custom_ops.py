@@ -64,4 +64,3 @@ def absent(like):
 def present(grad, given):
     """A backward op's output as autograd wants it: None for an input that was None."""
     return None if given is None else grad
-

@@ -1,16 +1,28 @@
 """Checks at the model's boundary: bad input raises a ValueError that names the field, the value
-and what is allowed, before it can reach a kernel or silently change an answer."""
+and what is allowed, before it can reach a kernel or silently change an answer.
+
+Under torch.compile the checks on tensor values are in-graph asserts (`_require`): reading a value on
+the host would break the graph at every check."""
 
 import torch
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-def _has_hole(mask):
-    """True where a row has a 0 between two 1s. mask [B, S] bool."""
+def _holes(mask):
+    """True where a row has a 0 between two 1s. mask [B, S] bool -> [B, S] bool."""
     after_first = mask.long().cumsum(1) > 0
     before_last = mask.flip(1).long().cumsum(1).flip(1) > 0
-    return bool((~mask & after_first & before_last).any())
+    return ~mask & after_first & before_last
+
+
+def _require(ok, message, detail=None):
+    """ValueError(message + detail()) unless the bool tensor `ok` is all true. While torch.compile traces,
+    an in-graph assert instead (a RuntimeError with `message`), not a graph break to read `ok`."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok.all(), message)
+    elif not bool(ok.all()):
+        raise ValueError(message + (detail() if detail else ""))
 
 
 def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids, cache):
@@ -23,11 +35,14 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
             raise ValueError(f"input_ids must be an integer tensor, got {kind}")
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must have shape (batch, seq_len) with seq_len >= 1, got {tuple(input_ids.shape)}")
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= config.vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"input_ids must lie in [0, {config.vocab_size - 1}] (vocab_size={config.vocab_size}), "
-                             f"got {bad}")
+
+        def worst_id():
+            low = int(input_ids.min())
+            return f", got {low if low < 0 else int(input_ids.max())}"
+
+        vocab = config.vocab_size
+        _require((input_ids >= 0) & (input_ids < vocab),
+                 f"input_ids must lie in [0, {vocab - 1}] (vocab_size={vocab})", worst_id)
         batch, new = input_ids.shape
         device = input_ids.device
     else:
@@ -49,13 +64,12 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
         if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, past + new):
             raise ValueError(f"attention_mask must have shape (batch, past + seq_len) = ({batch}, {past + new}), "
                              f"got {tuple(attention_mask.shape)}")
-        if attention_mask.dtype != torch.bool and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError("attention_mask must hold only 0 and 1")
+        if attention_mask.dtype != torch.bool:
+            _require((attention_mask == 0) | (attention_mask == 1), "attention_mask must hold only 0 and 1")
         mask = attention_mask[:, past:].to(device=device, dtype=torch.bool)
     started = (cache.lengths > 0)[:, None] if filled else mask.new_zeros(batch, 0)
-    if _has_hole(torch.cat([started, mask], dim=1)):
-        raise ValueError("attention_mask has a 0 between real tokens of a row; only left or right padding "
-                         "is supported")
+    _require(~_holes(torch.cat([started, mask], dim=1)),
+             "attention_mask has a 0 between real tokens of a row; only left or right padding is supported")
 
     if position_ids is not None:
         if position_ids.dim() != 2 or position_ids.shape[1] != new or position_ids.shape[0] not in (1, batch):
@@ -63,15 +77,17 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
                              f"got {tuple(position_ids.shape)}")
         before = cache.lengths[:, None] if filled else 0
         expected = before + mask.long().cumsum(1) - 1
-        if bool(((position_ids.to(device) != expected) & mask).any()):
-            raise ValueError("position_ids must count each row's real tokens from 0, continuing the cache "
-                             "(packed or shifted positions are not supported); leave them out to derive them")
+        _require((position_ids.to(device) == expected) | ~mask, "position_ids must count each row's real "
+                 "tokens from 0, continuing the cache (packed or shifted positions are not supported); leave "
+                 "them out to derive them")
     return mask
 
 
 def left_justify_order(mask):
-    """A per-row permutation putting real tokens first, in order; None when no row needs moving."""
+    """A per-row permutation putting real tokens first, in order; None when no row needs moving.
+    While torch.compile traces, always the permutation (the identity when no row needs moving), rather
+    than a graph break to read the mask."""
     first = mask.long().argmax(dim=1)
-    if not bool((first > 0).any()):
+    if not torch.compiler.is_compiling() and not bool((first > 0).any()):
         return None
     return torch.argsort((~mask).to(torch.int8), dim=1, stable=True)

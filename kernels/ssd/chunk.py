@@ -307,8 +307,9 @@ def _ssd_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional
     y = torch.empty_like(x)
     bp, warps = cfg["fwd"]
     launch(_chunk_fwd_kernel)[(nc, batch * heads, triton.cdiv(headdim, bp))](
-        x, dt, A, B, C, D if D is not None else A, states, y, seqlen, heads, heads // groups, nc, headdim, dstate,
-        HAS_D=D is not None, Q=q, BP=bp, BN=_pow2(dstate), PRECISION=_precision(x.dtype), num_warps=warps)
+        x, dt, A, B, C, D if D is not None else A, states, y, seqlen, heads, heads // groups, nc, headdim,
+        dstate, HAS_D=D is not None, Q=q, BP=bp, BN=_pow2(dstate), PRECISION=_precision(x.dtype),
+        num_warps=warps)
     return y, final
 
 
