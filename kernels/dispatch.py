@@ -10,12 +10,19 @@ from .ssd.naive import ssd_chunked
 from .ssd.naive import ssd_step as _ssd_step_reference
 
 
-def triton_available():
+def _triton_importable():
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+_TRITON = _triton_importable()  # once, at import: not an import statement inside a torch.compile'd region
+
+
+def triton_available():
+    return _TRITON
 
 
 def use_triton(tensor, use_kernels):
@@ -34,7 +41,10 @@ def fused_on_cuda(fn):
 
     For chains of elementwise ops (norms, RoPE, gates): inductor fuses each chain into one Triton
     kernel, so a B'MOJO layer launches far fewer kernels and reads its activations fewer times. The
-    function is the same either way; the wrapped one takes `use_kernels` as a keyword."""
+    function is the same either way; the wrapped one takes `use_kernels` as a keyword.
+
+    Inside a region that torch.compile is already tracing (a compiled model) `fn` is traced inline, never
+    a nested compiled call: the outer compilation fuses it with its neighbours."""
     compiled = torch.compile(fn, dynamic=True)  # lazy: nothing is compiled until a CUDA call
 
     @functools.wraps(fn)

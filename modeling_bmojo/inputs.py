@@ -1,16 +1,28 @@
 """Checks at the model's boundary: bad input raises a ValueError that names the field, the value
-and what is allowed, before it can reach a kernel or silently change an answer."""
+and what is allowed, before it can reach a kernel or silently change an answer.
+
+Under torch.compile the checks on tensor values are in-graph asserts (`_require`): reading a value on
+the host would break the graph at every check."""
 
 import torch
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-def _has_hole(mask):
-    """True where a row has a 0 between two 1s. mask [B, S] bool."""
+def _holes(mask):
+    """True where a row has a 0 between two 1s. mask [B, S] bool -> [B, S] bool."""
     after_first = mask.long().cumsum(1) > 0
     before_last = mask.flip(1).long().cumsum(1).flip(1) > 0
-    return bool((~mask & after_first & before_last).any())
+    return ~mask & after_first & before_last
+
+
+def _require(ok, message, detail=None):
+    """ValueError(message + detail()) unless the bool tensor `ok` is all true. While torch.compile traces,
+    an in-graph assert instead (a RuntimeError with `message`), not a graph break to read `ok`."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok.all(), message)
+    elif not bool(ok.all()):
+        raise ValueError(message + (detail() if detail else ""))
 
 
 def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids, cache):
@@ -18,10 +30,11 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
 
     `attention_mask` covers the cached and the new columns (B, past + T), as transformers passes it, or,
     on a filled cache, only the new ones (B, T): generate() is given the latter
-    (`prepare_inputs_for_generation`) so that a compiled decode step sees the same shapes at every token. Checks that read tensor values
-    (id range, 0/1 mask, holes, positions) run in eager calls only: inside a compiled step they would
-    break the graph or sync the device every token."""
-    checking_values = not torch.compiler.is_compiling()
+    (`prepare_inputs_for_generation`) so that a compiled decode step sees the same shapes at every token.
+    Checks of tensor values (id range, 0/1 mask, holes, positions) are skipped in a compiled decode step (a
+    filled cache): the prefill checked the prompt, and asserts would cost kernels every token."""
+    filled = cache is not None and not cache.is_empty
+    stepping = filled and torch.compiler.is_compiling()
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
     if input_ids is not None:
@@ -30,11 +43,15 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
             raise ValueError(f"input_ids must be an integer tensor, got {kind}")
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must have shape (batch, seq_len) with seq_len >= 1, got {tuple(input_ids.shape)}")
-        low, high = (int(input_ids.min()), int(input_ids.max())) if checking_values else (0, 0)
-        if low < 0 or high >= config.vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"input_ids must lie in [0, {config.vocab_size - 1}] (vocab_size={config.vocab_size}), "
-                             f"got {bad}")
+
+        def worst_id():
+            low = int(input_ids.min())
+            return f", got {low if low < 0 else int(input_ids.max())}"
+
+        vocab = config.vocab_size
+        if not stepping:
+            _require((input_ids >= 0) & (input_ids < vocab),
+                     f"input_ids must lie in [0, {vocab - 1}] (vocab_size={vocab})", worst_id)
         batch, new = input_ids.shape
         device = input_ids.device
     else:
@@ -45,7 +62,6 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
             raise ValueError(f"inputs_embeds must be a floating-point tensor, got {inputs_embeds.dtype}")
         batch, new = inputs_embeds.shape[:2]
         device = inputs_embeds.device
-    filled = cache is not None and not cache.is_empty
     if filled and cache.batch_size != batch:
         raise ValueError(f"batch size {batch} does not match the cache's batch size {cache.batch_size}")
 
@@ -53,21 +69,19 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
         mask = torch.ones(batch, new, dtype=torch.bool, device=device)
     else:
         columns = attention_mask.shape[-1]
-        wrong_columns = columns != new and checking_values and columns != _past(cache) + new
+        wrong_columns = columns != new and not stepping and columns != _past(cache) + new
         if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or wrong_columns:
             shapes = f"({batch}, {new})" + (f" or ({batch}, {_past(cache) + new})" if filled else "")
             raise ValueError(f"attention_mask must have shape (batch, past + seq_len) or, after a prefill, "
                              f"(batch, seq_len): {shapes}, got {tuple(attention_mask.shape)}")
-        if checking_values and attention_mask.dtype != torch.bool \
-                and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError("attention_mask must hold only 0 and 1")
+        if attention_mask.dtype != torch.bool and not stepping:
+            _require((attention_mask == 0) | (attention_mask == 1), "attention_mask must hold only 0 and 1")
         mask = attention_mask[:, columns - new:].to(device=device, dtype=torch.bool)
-    if not checking_values:
+    if stepping:
         return mask
     started = (cache.lengths > 0)[:, None] if filled else mask.new_zeros(batch, 0)
-    if _has_hole(torch.cat([started, mask], dim=1)):
-        raise ValueError("attention_mask has a 0 between real tokens of a row; only left or right padding "
-                         "is supported")
+    _require(~_holes(torch.cat([started, mask], dim=1)),
+             "attention_mask has a 0 between real tokens of a row; only left or right padding is supported")
 
     if position_ids is not None:
         if position_ids.dim() != 2 or position_ids.shape[1] != new or position_ids.shape[0] not in (1, batch):
@@ -75,9 +89,9 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
                              f"got {tuple(position_ids.shape)}")
         before = cache.lengths[:, None] if filled else 0
         expected = before + mask.long().cumsum(1) - 1
-        if bool(((position_ids.to(device) != expected) & mask).any()):
-            raise ValueError("position_ids must count each row's real tokens from 0, continuing the cache "
-                             "(packed or shifted positions are not supported); leave them out to derive them")
+        _require((position_ids.to(device) == expected) | ~mask, "position_ids must count each row's real "
+                 "tokens from 0, continuing the cache (packed or shifted positions are not supported); leave "
+                 "them out to derive them")
     return mask
 
 
@@ -86,9 +100,11 @@ def _past(cache):
 
 
 def left_justify_order(mask):
-    """A per-row permutation putting real tokens first, in order; None when no row needs moving."""
+    """A per-row permutation putting real tokens first, in order; None when no row needs moving.
+    While torch.compile traces, always the permutation (the identity when no row needs moving), rather
+    than a graph break to read the mask."""
     first = mask.long().argmax(dim=1)
-    if not bool((first > 0).any()):
+    if not torch.compiler.is_compiling() and not bool((first > 0).any()):
         return None
     return torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
 

@@ -179,6 +179,44 @@ def test_input_checks():
                                    "eidetic_values": args["eidetic_values"][:, :1]})
 
 
+# ---------------------------------------------------------------- the custom operators
+
+OPCHECK_CASES = [  # B, T, H, Hkv, D, w, n_f, M: every band, and the window alone (optional inputs None)
+    (1, 19, 2, 1, 16, 8, 4, 3),
+    (2, 16, 2, 2, 16, 8, 0, 0),
+]
+
+
+def op_inputs(B, T, H, Hkv, D, w, n_f, M, requires_grad):
+    """Arguments of bmojo::memory_attention_fwd as `memory_attention_triton` hands them over."""
+    from bmojo.kernels.memory_attention import parallel
+    args = make_inputs(B, T, H, Hkv, D, w, n_f, M, p_valid=0.5, seed=0)
+    tensors = {name: t.detach().requires_grad_(requires_grad) for name, t in args.items()
+               if torch.is_tensor(t) and t.is_floating_point()}
+    eidetic = M > 0
+    config = parallel._flat_config(parallel._default_config(D, torch.float32, not CUDA))
+    return (tensors["q_rot"], tensors["q_raw"] if eidetic else None, tensors["k"], tensors["v"],
+            tensors["fading_keys"] if n_f else None, tensors["fading_values"] if n_f else None,
+            tensors["eidetic_keys"] if eidetic else None, tensors["eidetic_values"] if eidetic else None,
+            args["eidetic_valid"].to(torch.uint8) if eidetic else None, w, n_f, config)
+
+
+@pytest.mark.skipif(not (CUDA or INTERPRET), reason="needs CUDA or the interpreter")
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=lambda c: "B{}-T{}-H{}-Hkv{}-D{}-w{}-nf{}-M{}".format(*c))
+def test_custom_ops_pass_opcheck(case):
+    """torch.library.opcheck of bmojo::memory_attention_fwd (schema, fake implementation, autograd
+    registration, AOT dispatch with dynamic shapes through the backward op) and of the backward op."""
+    fwd, bwd = torch.ops.bmojo.memory_attention_fwd.default, torch.ops.bmojo.memory_attention_bwd.default
+    inputs = op_inputs(*case, requires_grad=True)
+    torch.library.opcheck(fwd, inputs)
+    inputs = op_inputs(*case, requires_grad=False)
+    o, lse = fwd(*inputs)
+    do = torch.randn_like(o)
+    delta = (do * o).sum(-1).transpose(1, 2).contiguous()
+    q, qr, k, v, fk, fv, ek, ev, evalid, w, n_f, config = inputs
+    torch.library.opcheck(bwd, (do, q, qr, k, v, fk, fv, ek, ev, evalid, lse, delta, w, n_f, config))
+
+
 # ---------------------------------------------------------------- GPU: real shapes
 
 GPU_CASES = [  # B, T, H, Hkv, D, w, n_f, M

@@ -190,6 +190,26 @@ def test_input_checks():
         ssd_chunk_triton(x.double(), dt, A, B, C)
 
 
+# ---------------------------------------------------------------- the custom operators
+
+@pytest.mark.skipif(not (CUDA or INTERPRET), reason="needs CUDA or the interpreter")
+@pytest.mark.parametrize("with_d,with_s0", [(True, True), (False, False)], ids=["D-s0", "no-D-no-s0"])
+def test_custom_ops_pass_opcheck(with_d, with_s0):
+    """torch.library.opcheck of bmojo::ssd_chunk_fwd (schema, fake implementation, autograd registration,
+    AOT dispatch with dynamic shapes through the backward op) and of the backward op."""
+    from bmojo.kernels.ssd import chunk
+    fwd, bwd = torch.ops.bmojo.ssd_chunk_fwd.default, torch.ops.bmojo.ssd_chunk_bwd.default
+    torch.manual_seed(0)
+    args = make_inputs(2, 19, 2, 1, 16, 8, with_d=with_d, with_s0=with_s0)
+    config = chunk._flat_config({**chunk._default_config(16, 8), "Q": 16})
+    inputs = tuple(args[n] for n in NAMES) + (config,)
+    torch.library.opcheck(fwd, inputs)
+    inputs = tuple(None if t is None else t.detach() for t in inputs[:-1]) + (config,)
+    y, final = fwd(*inputs)
+    for dfinal in (torch.randn_like(final), None):
+        torch.library.opcheck(bwd, (torch.randn_like(y), dfinal) + inputs)
+
+
 # ---------------------------------------------------------------- GPU: real shapes
 
 GPU_CASES = [  # batch, T, H, G, P, N

@@ -27,10 +27,14 @@ Work per query is O(w + n_f + M) (plus one block of each band), not O(T).
 """
 
 import math
+from typing import List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+
+from ..custom_ops import absent, kernel_op, launch, present
 
 _LOG2E = 1.4426950408889634
 
@@ -314,7 +318,7 @@ def _bwd_dkv_eidetic_kernel(QR, EK, EV, EVALID, DO, LSE, DELTA, DEK, DEV,
 
 
 # ----------------------------------------------------------------------------------------------------
-# launchers
+# launchers, registered as the custom ops bmojo::memory_attention_fwd / _bwd (see kernels/custom_ops.py)
 # ----------------------------------------------------------------------------------------------------
 
 def _precision(dtype):
@@ -344,6 +348,20 @@ def _default_config(dim, dtype, interpret):
     return dict(fwd=(64, 64, 4, 3), dq=(64, 64, 4, 3), dkv=(64, 64, 4, 3))
 
 
+_LAUNCHES = ("fwd", "dq", "dkv")
+
+
+def _flat_config(config):
+    """{"fwd"|"dq"|"dkv": (BM, BN, warps, stages)} -> the 12 ints an op takes."""
+    return [int(n) for key in _LAUNCHES for n in config[key]]
+
+
+def _tiles(config, key):
+    """(BM, BN, warps, stages) of one launch kind, from the flat list."""
+    i = 4 * _LAUNCHES.index(key)
+    return tuple(config[i:i + 4])
+
+
 def _strides_q(q):
     return q.stride(0), q.stride(1), q.stride(2)
 
@@ -354,21 +372,37 @@ def _strides_e(ek, ev_valid):
     return ek.stride(0), ek.stride(1), ek.stride(2), ek.stride(3), ev_valid.stride(0), ev_valid.stride(1)
 
 
-def _memory_attention_fwd(q, qr, k, v, fk, fv, ek, ev, evalid, window, n_f, config):
-    batch, seqlen, heads, dim = q.shape
-    kv_heads = k.shape[2]
-    m = 0 if ek is None else ek.shape[2]
-    has_fading = fk is not None and n_f > 0
-    has_eidetic = m > 0
+def _shape(q, k, ek):
+    """(batch, seqlen, heads, kv heads, dim, M) as Python ints: constexprs and tile choices must not be
+    symbolic under torch.compile's dynamic shapes (int() specialises on the value seen)."""
+    batch, seqlen, heads, dim = (int(n) for n in q.shape)
+    return batch, seqlen, heads, int(k.shape[2]), dim, 0 if ek is None else int(ek.shape[2])
+
+
+def _fwd_fake(q, qr, k, v, fk, fv, ek, ev, evalid, window, n_f, config):
+    batch, seqlen, heads, _ = q.shape
+    return torch.empty_like(q), q.new_empty(batch, heads, seqlen, dtype=torch.float32)
+
+
+@kernel_op("memory_attention_fwd", fake=_fwd_fake)
+def _memory_attention_fwd(q: Tensor, qr: Optional[Tensor], k: Tensor, v: Tensor, fk: Optional[Tensor],
+                          fv: Optional[Tensor], ek: Optional[Tensor], ev: Optional[Tensor],
+                          evalid: Optional[Tensor], window: int, n_f: int, config: List[int]
+                          ) -> Tuple[Tensor, Tensor]:
+    """o [B, T, H, D] and lse [B, H, T] (float32, base 2). The fading band is read iff fk is given,
+    the eidetic set iff ek is (then qr and evalid are given too); inputs as `memory_attention_triton`
+    hands them over (contiguous, one dtype)."""
+    batch, seqlen, heads, kv_heads, dim, m = _shape(q, k, ek)
+    has_fading, has_eidetic = fk is not None, ek is not None
     o = torch.empty_like(q)
     lse = torch.empty(batch, heads, seqlen, device=q.device, dtype=torch.float32)
-    bm, bn, warps, stages = config["fwd"]
+    bm, bn, warps, stages = _tiles(config, "fwd")
     grid = (triton.cdiv(seqlen, bm), batch * heads)
-    dummy = k
-    _fwd_kernel[grid](
+    dummy = k  # stands in for the pointers a False HAS_FADING / HAS_EIDETIC never reads
+    launch(_fwd_kernel)[grid](
         q, qr if has_eidetic else q, k, v, fk if has_fading else dummy, fv if has_fading else dummy,
         ek if has_eidetic else dummy, ev if has_eidetic else dummy, evalid if has_eidetic else dummy,
-        o, lse, *_strides_q(q), *_strides_q(k), *_strides_e(ek if has_eidetic else None, evalid),
+        o, lse, *_strides_q(q), *_strides_q(k), *_strides_e(ek, evalid),
         seqlen, m, window, n_f, heads // kv_heads, heads, _LOG2E / math.sqrt(dim),
         HEAD_DIM=dim, BLOCK_D=_block_d(dim), BLOCK_M=bm, BLOCK_N=bn, BLOCK_E=_block_e(m),
         HAS_FADING=has_fading, HAS_EIDETIC=has_eidetic, PRECISION=_precision(q.dtype),
@@ -376,28 +410,34 @@ def _memory_attention_fwd(q, qr, k, v, fk, fv, ek, ev, evalid, window, n_f, conf
     return o, lse
 
 
-def _memory_attention_bwd(do, q, qr, k, v, fk, fv, ek, ev, evalid, o, lse, window, n_f, config):
-    batch, seqlen, heads, dim = q.shape
-    kv_heads = k.shape[2]
-    m = 0 if ek is None else ek.shape[2]
-    has_fading = fk is not None and n_f > 0
-    has_eidetic = m > 0
+def _bwd_fake(do, q, qr, k, v, fk, fv, ek, ev, evalid, lse, delta, window, n_f, config):
+    return tuple(absent(q) if t is None else torch.empty_like(t) for t in (q, qr, k, v, fk, fv, ek, ev))
+
+
+@kernel_op("memory_attention_bwd", fake=_bwd_fake)
+def _memory_attention_bwd(do: Tensor, q: Tensor, qr: Optional[Tensor], k: Tensor, v: Tensor,
+                          fk: Optional[Tensor], fv: Optional[Tensor], ek: Optional[Tensor],
+                          ev: Optional[Tensor], evalid: Optional[Tensor], lse: Tensor, delta: Tensor,
+                          window: int, n_f: int, config: List[int]
+                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of q, qr, k, v, fk, fv, ek, ev (an empty tensor for an input that is None).
+    dO shares q's layout; delta [B, H, T] = <dO_t, O_t> in float32."""
+    batch, seqlen, heads, kv_heads, dim, m = _shape(q, k, ek)
+    has_fading, has_eidetic = fk is not None, ek is not None
     group = heads // kv_heads
     sm_scale = 1.0 / math.sqrt(dim)
     qk_scale = sm_scale * _LOG2E
     common = dict(HEAD_DIM=dim, BLOCK_D=_block_d(dim), PRECISION=_precision(q.dtype))
-    # delta_t = <dO_t, O_t>: the softmax's row correction, (B, H, T) like lse
-    delta = (do.float() * o.float()).sum(-1).transpose(1, 2).contiguous()
     dq = torch.empty_like(q)
-    dqr = torch.empty_like(q) if has_eidetic else None
+    dqr = torch.empty_like(q) if has_eidetic else absent(q)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    dfk = torch.empty_like(fk) if has_fading else None
-    dfv = torch.empty_like(fv) if has_fading else None
+    dfk = torch.empty_like(fk) if has_fading else absent(q)
+    dfv = torch.empty_like(fv) if has_fading else absent(q)
     dummy = k
-    e_strides = _strides_e(ek if has_eidetic else None, evalid)
+    e_strides = _strides_e(ek, evalid)
 
-    bm, bn, warps, stages = config["dq"]
-    _bwd_dq_kernel[(triton.cdiv(seqlen, bm), batch * heads)](
+    bm, bn, warps, stages = _tiles(config, "dq")
+    launch(_bwd_dq_kernel)[(triton.cdiv(seqlen, bm), batch * heads)](
         q, qr if has_eidetic else q, k, v, fk if has_fading else dummy, fv if has_fading else dummy,
         ek if has_eidetic else dummy, ev if has_eidetic else dummy, evalid if has_eidetic else dummy,
         do, lse, delta, dq, dqr if has_eidetic else dq,
@@ -406,20 +446,20 @@ def _memory_attention_bwd(do, q, qr, k, v, fk, fv, ek, ev, evalid, o, lse, windo
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_E=_block_e(m), HAS_FADING=has_fading, HAS_EIDETIC=has_eidetic,
         num_warps=warps, num_stages=stages, **common)
 
-    bm, bn, warps, stages = config["dkv"]
+    bm, bn, warps, stages = _tiles(config, "dkv")
     bands = [(k, v, dk, dv, 0, window)] + ([(fk, fv, dfk, dfv, window, n_f)] if has_fading else [])
     for kk, vv, dkk, dvv, off, width in bands:  # one launch per band: two accumulators per program
-        _bwd_dkv_band_kernel[(triton.cdiv(seqlen, bn), batch * kv_heads)](
+        launch(_bwd_dkv_band_kernel)[(triton.cdiv(seqlen, bn), batch * kv_heads)](
             q, kk, vv, do, lse, delta, dkk, dvv, *_strides_q(q), *_strides_q(k),
             seqlen, off, width, group, heads, kv_heads, qk_scale, sm_scale,
             BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
 
-    dek = dev = None
+    dek, dev = absent(q), absent(q)
     if has_eidetic:
-        nc = ek.shape[1]
+        nc = int(ek.shape[1])
         dek, dev = torch.empty_like(ek), torch.empty_like(ev)
         be = _block_e(m)
-        _bwd_dkv_eidetic_kernel[(triton.cdiv(m, be), batch * nc * kv_heads)](
+        launch(_bwd_dkv_eidetic_kernel)[(triton.cdiv(m, be), batch * nc * kv_heads)](
             qr, ek, ev, evalid, do, lse, delta, dek, dev,
             *_strides_q(q), *e_strides,
             seqlen, m, window, group, heads, kv_heads, nc, qk_scale, sm_scale,
@@ -431,23 +471,28 @@ def _memory_attention_bwd(do, q, qr, k, v, fk, fv, ek, ev, evalid, o, lse, windo
 # autograd
 # ----------------------------------------------------------------------------------------------------
 
-class MemoryAttentionFunction(torch.autograd.Function):
+def _setup_context(ctx, inputs, output):
+    q, qr, k, v, fk, fv, ek, ev, evalid, window, n_f, config = inputs
+    o, lse = output
+    ctx.save_for_backward(q, qr, k, v, fk, fv, ek, ev, evalid, o, lse)
+    ctx.window, ctx.n_f, ctx.config = window, n_f, config
+    ctx.mark_non_differentiable(lse)
 
-    @staticmethod
-    def forward(ctx, q, qr, k, v, fk, fv, ek, ev, evalid, window, n_f, config):
-        o, lse = _memory_attention_fwd(q, qr, k, v, fk, fv, ek, ev, evalid, window, n_f, config)
-        ctx.save_for_backward(q, qr, k, v, fk, fv, ek, ev, evalid, o, lse)
-        ctx.window, ctx.n_f, ctx.config = window, n_f, config
-        return o
 
-    @staticmethod
-    def backward(ctx, do):
-        q, qr, k, v, fk, fv, ek, ev, evalid, o, lse = ctx.saved_tensors
-        do = do.contiguous()  # the kernels index dO with q's (contiguous) strides
-        grads = _memory_attention_bwd(do, q, qr, k, v, fk, fv, ek, ev, evalid, o, lse,
-                                      ctx.window, ctx.n_f, ctx.config)
-        dq, dqr, dk, dv, dfk, dfv, dek, dev = grads
-        return dq, dqr, dk, dv, dfk, dfv, dek, dev, None, None, None, None
+def _backward(ctx, do, _dlse):
+    q, qr, k, v, fk, fv, ek, ev, evalid, o, lse = ctx.saved_tensors
+    do = do.contiguous()  # the kernels index dO with q's (contiguous) strides
+    # delta_t = <dO_t, O_t>: the softmax's row correction, (B, H, T) like lse; plain torch, so that
+    # Inductor can fuse it with whatever produced dO
+    delta = (do.float() * o.float()).sum(-1).transpose(1, 2).contiguous()
+    grads = _memory_attention_bwd(do, q, qr, k, v, fk, fv, ek, ev, evalid, lse, delta,
+                                  ctx.window, ctx.n_f, ctx.config)
+    dq, dqr, dk, dv, dfk, dfv, dek, dev = grads
+    return (dq, present(dqr, qr), dk, dv, present(dfk, fk), present(dfv, fv), present(dek, ek),
+            present(dev, ev), None, None, None, None)
+
+
+_memory_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -527,5 +572,6 @@ def memory_attention_triton(q_rot, k, v, window, q_raw=None, fading_keys=None, f
                                  f"got {tuple(eidetic_valid.shape)}")
             evalid = eidetic_valid.to(torch.uint8).contiguous()
         qr = q_raw.to(dtype).contiguous()
-    config = _config or _default_config(dim, dtype, not q.is_cuda)
-    return MemoryAttentionFunction.apply(q, qr, k, v, fk, fv, ek, ev, evalid, window, fading_tokens, config)
+    config = _flat_config(_config or _default_config(dim, dtype, not q.is_cuda))
+    o, _ = _memory_attention_fwd(q, qr, k, v, fk, fv, ek, ev, evalid, window, fading_tokens, config)
+    return o

@@ -28,9 +28,14 @@ own choice: the function does not depend on the caller's chunk_size. Accumulatio
 matmul operands are in the input dtype (3xTF32 dots for float32 inputs).
 """
 
+from typing import List, Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+
+from ..custom_ops import absent, kernel_op, launch
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -232,7 +237,7 @@ def _chunk_bwd_kernel(X, DT, A, Bm, Cm, Dv, States, DStates, DY, DX, DBh, DCh, D
 
 
 # ----------------------------------------------------------------------------------------------------
-# launchers
+# launchers, registered as the custom ops bmojo::ssd_chunk_fwd / _bwd (see kernels/custom_ops.py)
 # ----------------------------------------------------------------------------------------------------
 
 def _pow2(n, lo=16):
@@ -252,9 +257,25 @@ def _default_config(headdim, dstate):
                 bwd=(bp_bwd, 8))
 
 
+def _flat_config(cfg):
+    """{"Q", "state": (BP, BN, warps), "fwd": (BP, warps), "bwd": (BP, warps)} -> the 8 ints an op takes."""
+    return [int(n) for n in (cfg["Q"], *cfg["state"], *cfg["fwd"], *cfg["bwd"])]
+
+
+def _unflat_config(flat):
+    q, sbp, sbn, swarps, fbp, fwarps, bbp, bwarps = flat
+    return dict(Q=q, state=(sbp, sbn, swarps), fwd=(fbp, fwarps), bwd=(bbp, bwarps))
+
+
+def _shape(x, B):
+    """(batch, seqlen, heads, headdim, groups, dstate) as Python ints: tile sizes and constexprs must not be
+    symbolic under torch.compile's dynamic shapes (int() specialises on the value seen)."""
+    batch, seqlen, heads, headdim = (int(n) for n in x.shape)
+    return batch, seqlen, heads, headdim, int(B.shape[2]), int(B.shape[3])
+
+
 def _states_fwd(x, dt, A, B, initial_state, cfg):
-    batch, seqlen, heads, headdim = x.shape
-    dstate, group_size = B.shape[-1], heads // B.shape[2]
+    batch, seqlen, heads, headdim, groups, dstate = _shape(x, B)
     q = cfg["Q"]
     nc = triton.cdiv(seqlen, q)
     bp, bn, warps = cfg["state"]
@@ -262,44 +283,66 @@ def _states_fwd(x, dt, A, B, initial_state, cfg):
     final = torch.empty(batch, heads, headdim, dstate, device=x.device, dtype=torch.float32)
     grid = (batch * heads, triton.cdiv(headdim, bp), triton.cdiv(dstate, bn))
     s0 = initial_state if initial_state is not None else final  # any pointer when HAS_S0 is False
-    _state_fwd_kernel[grid](x, dt, A, B, s0, states, final, seqlen, heads, group_size, nc, headdim, dstate,
-                            HAS_S0=initial_state is not None, Q=q, BP=bp, BN=bn,
-                            PRECISION=_precision(x.dtype), num_warps=warps)
+    launch(_state_fwd_kernel)[grid](
+        x, dt, A, B, s0, states, final, seqlen, heads, heads // groups, nc, headdim, dstate,
+        HAS_S0=initial_state is not None, Q=q, BP=bp, BN=bn, PRECISION=_precision(x.dtype), num_warps=warps)
     return states, final
 
 
-def _ssd_fwd(x, dt, A, B, C, D, initial_state, cfg):
+def _fwd_fake(x, dt, A, B, C, D, initial_state, config):
     batch, seqlen, heads, headdim = x.shape
-    dstate, group_size = B.shape[-1], heads // B.shape[2]
+    return torch.empty_like(x), x.new_empty(batch, heads, headdim, B.shape[3], dtype=torch.float32)
+
+
+@kernel_op("ssd_chunk_fwd", fake=_fwd_fake)
+def _ssd_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+             initial_state: Optional[Tensor], config: List[int]) -> Tuple[Tensor, Tensor]:
+    """y [B, T, H, P] in x's dtype and the final state [B, H, P, N] float32; inputs as `ssd_chunk_triton`
+    hands them over (contiguous, B and C in x's dtype)."""
+    batch, seqlen, heads, headdim, groups, dstate = _shape(x, B)
+    cfg = _unflat_config(config)
     q = cfg["Q"]
     nc = triton.cdiv(seqlen, q)
     states, final = _states_fwd(x, dt, A, B, initial_state, cfg)
     y = torch.empty_like(x)
     bp, warps = cfg["fwd"]
-    _chunk_fwd_kernel[(nc, batch * heads, triton.cdiv(headdim, bp))](
-        x, dt, A, B, C, D if D is not None else A, states, y, seqlen, heads, group_size, nc, headdim, dstate,
-        HAS_D=D is not None, Q=q, BP=bp, BN=_pow2(dstate), PRECISION=_precision(x.dtype), num_warps=warps)
+    launch(_chunk_fwd_kernel)[(nc, batch * heads, triton.cdiv(headdim, bp))](
+        x, dt, A, B, C, D if D is not None else A, states, y, seqlen, heads, heads // groups, nc, headdim,
+        dstate, HAS_D=D is not None, Q=q, BP=bp, BN=_pow2(dstate), PRECISION=_precision(x.dtype),
+        num_warps=warps)
     return y, final
 
 
-def _ssd_bwd(dy, dfinal, x, dt, A, B, C, D, initial_state, cfg):
-    batch, seqlen, heads, headdim = x.shape
-    groups, dstate = B.shape[2], B.shape[-1]
+def _bwd_fake(dy, dfinal, x, dt, A, B, C, D, initial_state, config):
+    def f32(t):
+        return absent(x) if t is None else torch.empty_like(t, dtype=torch.float32)
+
+    return torch.empty_like(x), f32(dt), f32(A), f32(B), f32(C), f32(D), f32(initial_state)
+
+
+@kernel_op("ssd_chunk_bwd", fake=_bwd_fake)
+def _ssd_bwd(dy: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+             D: Optional[Tensor], initial_state: Optional[Tensor], config: List[int]
+             ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx in x's dtype; d dt, dA, dB, dC, dD, d initial_state in float32), an empty tensor for D or the
+    initial state when it is None. dy [B, T, H, P] in x's dtype; dfinal [B, H, P, N] float32 or None."""
+    batch, seqlen, heads, headdim, groups, dstate = _shape(x, B)
     group_size = heads // groups
+    cfg = _unflat_config(config)
     q = cfg["Q"]
     nc = triton.cdiv(seqlen, q)
     prec = _precision(x.dtype)
     states, _ = _states_fwd(x, dt, A, B, initial_state, cfg)  # recomputed, not saved
     bp, bn, warps = cfg["state"]
     dstates = torch.empty_like(states)
-    ds0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else None
+    ds0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else absent(x)
     grid = (batch * heads, triton.cdiv(headdim, bp), triton.cdiv(dstate, bn))
     # dstates stands in for the pointers a False HAS_DFINAL / HAS_DS0 never touches
-    _state_bwd_kernel[grid](dy, dt, A, C, dfinal if dfinal is not None else dstates, dstates,
-                            ds0 if ds0 is not None else dstates, seqlen, heads, group_size, nc,
-                            headdim, dstate,
-                            HAS_DFINAL=dfinal is not None, HAS_DS0=ds0 is not None, Q=q, BP=bp, BN=bn,
-                            PRECISION=prec, num_warps=warps)
+    launch(_state_bwd_kernel)[grid](
+        dy, dt, A, C, dfinal if dfinal is not None else dstates, dstates,
+        ds0 if initial_state is not None else dstates, seqlen, heads, group_size, nc, headdim, dstate,
+        HAS_DFINAL=dfinal is not None, HAS_DS0=initial_state is not None, Q=q, BP=bp, BN=bn,
+        PRECISION=prec, num_warps=warps)
 
     dx = torch.empty_like(x)
     dbh = torch.empty(batch, seqlen, heads, dstate, device=x.device, dtype=torch.float32)
@@ -308,7 +351,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, D, initial_state, cfg):
     da_part = torch.empty(batch, nc, heads, device=x.device, dtype=torch.float32)
     dd_part = torch.empty_like(da_part)
     bp, warps = cfg["bwd"]
-    _chunk_bwd_kernel[(nc, batch * heads)](
+    launch(_chunk_bwd_kernel)[(nc, batch * heads)](
         x, dt, A, B, C, D if D is not None else A, states, dstates, dy, dx, dbh, dch, ddt, da_part, dd_part,
         seqlen, heads, group_size, nc, headdim, dstate,
         HAS_D=D is not None, Q=q, BP=bp, BN=_pow2(dstate), PRECISION=prec, num_warps=warps)
@@ -316,7 +359,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, D, initial_state, cfg):
     db = dbh.view(batch, seqlen, groups, group_size, dstate).sum(3)
     dc = dch.view(batch, seqlen, groups, group_size, dstate).sum(3)
     da = da_part.sum((0, 1))
-    dd = dd_part.sum((0, 1)) if D is not None else None
+    dd = dd_part.sum((0, 1)) if D is not None else absent(x)
     return dx, ddt, da, db, dc, dd, ds0
 
 
@@ -324,25 +367,24 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, D, initial_state, cfg):
 # autograd
 # ----------------------------------------------------------------------------------------------------
 
-class SSDChunkFunction(torch.autograd.Function):
+def _setup_context(ctx, inputs, output):
+    x, dt, A, B, C, D, initial_state, config = inputs
+    ctx.save_for_backward(x, dt, A, B, C, D, initial_state)
+    ctx.config = config
+    ctx.set_materialize_grads(False)  # no final-state gradient unless the caller used the final state
 
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, initial_state, cfg):
-        y, final = _ssd_fwd(x, dt, A, B, C, D, initial_state, cfg)
-        ctx.save_for_backward(x, dt, A, B, C, D, initial_state)
-        ctx.cfg = cfg
-        ctx.set_materialize_grads(False)
-        return y, final
 
-    @staticmethod
-    def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, initial_state = ctx.saved_tensors
-        dy = torch.zeros_like(x) if dy is None else dy.to(x.dtype).contiguous()
-        dfinal = None if dfinal is None else dfinal.float().contiguous()
-        dx, ddt, da, db, dc, dd, ds0 = _ssd_bwd(dy, dfinal, x, dt, A, B, C, D, initial_state, ctx.cfg)
-        return (dx, ddt.to(dt.dtype), da.to(A.dtype), db.to(B.dtype), dc.to(C.dtype),
-                None if dd is None else dd.to(D.dtype),
-                None if ds0 is None else ds0.to(initial_state.dtype), None)
+def _backward(ctx, dy, dfinal):
+    x, dt, A, B, C, D, initial_state = ctx.saved_tensors
+    dy = torch.zeros_like(x) if dy is None else dy.to(x.dtype).contiguous()
+    dfinal = None if dfinal is None else dfinal.float().contiguous()
+    dx, ddt, da, db, dc, dd, ds0 = _ssd_bwd(dy, dfinal, x, dt, A, B, C, D, initial_state, ctx.config)
+    return (dx, ddt.to(dt.dtype), da.to(A.dtype), db.to(B.dtype), dc.to(C.dtype),
+            None if D is None else dd.to(D.dtype),
+            None if initial_state is None else ds0.to(initial_state.dtype), None)
+
+
+_ssd_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -393,9 +435,8 @@ def ssd_chunk_triton(x, dt, A, B, C, chunk_size=None, D=None, initial_state=None
     if not (1 <= headdim <= 256 and 1 <= dstate <= 256) or seqlen < 1:
         raise ValueError(f"the Triton SSD kernel needs 1 <= P, N <= 256 and T >= 1; got P={headdim}, "
                          f"N={dstate}, T={seqlen}")
-    cfg = {**_default_config(headdim, dstate), **(_config or {})}
-    y, final = SSDChunkFunction.apply(x.contiguous(), dt.contiguous(), A.contiguous(),
-                                      B.to(x.dtype).contiguous(), C.to(x.dtype).contiguous(),
-                                      None if D is None else D.contiguous(),
-                                      None if initial_state is None else initial_state.contiguous(), cfg)
+    cfg = _flat_config({**_default_config(headdim, dstate), **(_config or {})})
+    y, final = _ssd_fwd(x.contiguous(), dt.contiguous(), A.contiguous(), B.to(x.dtype).contiguous(),
+                        C.to(x.dtype).contiguous(), None if D is None else D.contiguous(),
+                        None if initial_state is None else initial_state.contiguous(), cfg)
     return y, (final if output_final_state else None)

@@ -1,0 +1,66 @@
+"""Registers the Triton launchers as PyTorch custom operators (namespace `bmojo`), so that
+`torch.compile` traces a model through them instead of breaking its graph or tracing into them.
+
+Each op is a launcher that allocates its outputs and launches Triton kernels; its autograd formula
+(`register_autograd`) calls the backward launcher, itself an op. Two registrations, one body:
+
+  - `torch.library.triton_op` when the kernels are compiled Triton: AOTAutograd decomposes the op
+    into its allocations and kernel launches (`wrap_triton`), so Inductor sees the kernels and
+    schedules the code around them; the body is the op's fake implementation.
+  - `torch.library.custom_op` with an explicit fake implementation otherwise: under the Triton
+    interpreter (TRITON_INTERPRET=1, CPU tests: the interpreter cannot run on fake tensors, which is
+    how triton_op traces its body), on a torch without `triton_op`, or when BMOJO_OPAQUE_KERNELS=1
+    asks for it (an escape hatch should Inductor fail to compile one of the kernels: the op is then
+    an opaque call, still without a graph break).
+
+Ops take Python ints and int lists only (tile sizes are passed flattened), and return tensors only:
+an absent gradient is an empty tensor, which the autograd formula turns into None.
+"""
+
+import os
+
+import torch
+import triton
+
+
+def _interpreted():
+    # triton.jit returns an InterpretedFunction instead of a JITFunction under TRITON_INTERPRET=1
+    @triton.jit
+    def probe():
+        pass
+
+    return type(probe).__name__ == "InterpretedFunction"
+
+
+USE_TRITON_OP = (hasattr(torch.library, "triton_op") and not _interpreted()
+                 and os.environ.get("BMOJO_OPAQUE_KERNELS", "0") != "1")
+
+
+def launch(kernel):
+    """The kernel as the op body must launch it: wrapped for tracing under triton_op, as is otherwise."""
+    return torch.library.wrap_triton(kernel) if USE_TRITON_OP else kernel
+
+
+def kernel_op(name, fake):
+    """Decorator: registers a launcher as the op `bmojo::<name>`; `fake` computes the outputs' metadata
+    (used as the fake implementation of the custom_op form; the triton_op form traces the body)."""
+
+    def register(fn):
+        qualname = f"bmojo::{name}"
+        if USE_TRITON_OP:
+            return torch.library.triton_op(qualname, fn, mutates_args=())
+        op = torch.library.custom_op(qualname, fn, mutates_args=())
+        op.register_fake(fake)
+        return op
+
+    return register
+
+
+def absent(like):
+    """The placeholder an op returns for a gradient that does not exist (its input was None)."""
+    return like.new_empty(0)
+
+
+def present(grad, given):
+    """A backward op's output as autograd wants it: None for an input that was None."""
+    return None if given is None else grad

@@ -1,0 +1,115 @@
+"""torch.compile through the whole model on CPU (use_kernels=False): compiled training steps equal eager ones.
+
+Inductor (the default backend; on CPU it needs a C++ compiler) checks the numerics of `torch.compile(model)`;
+`fullgraph=True` with the cheaper aot_eager backend checks that the training forward (parallel form, no
+cache) is one graph, through every mixer's code. Tiny models and short sequences keep compile times short.
+"""
+
+import shutil
+
+import pytest
+import torch
+
+import bmojo
+from conftest import random_ids
+
+
+def training_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    cfg = bmojo.preset_config("tiny", **{"initializer_range": 0.2, "use_kernels": False, **overrides})
+    return bmojo.BMojoForCausalLM(cfg).train()
+
+
+def batch():
+    """Two rows, the second left-padded by 5 tokens: padding is moved behind each row's tokens in-graph."""
+    ids = random_ids(2, 21, seed=1)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    return dict(input_ids=ids, attention_mask=mask, labels=labels)
+
+
+def step(model, inputs):
+    """Loss, logits and every parameter's gradient of one training step."""
+    model.zero_grad(set_to_none=True)
+    out = model(**inputs)
+    out.loss.backward()
+    params = getattr(model, "_orig_mod", model).named_parameters()  # a compiled model wraps the original
+    grads = {name: p.grad.clone() for name, p in params if p.grad is not None}
+    return out.loss.detach(), out.logits.detach(), grads
+
+
+def assert_steps_equal(eager, compiled, atol=1e-5, rtol=1e-4):
+    (loss, logits, grads), (c_loss, c_logits, c_grads) = eager, compiled
+    torch.testing.assert_close(c_loss, loss, atol=atol, rtol=rtol)
+    torch.testing.assert_close(c_logits, logits, atol=atol, rtol=rtol)
+    assert c_grads.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(c_grads[name], grads[name], atol=atol, rtol=rtol, msg=name)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="Inductor on CPU needs a C++ compiler")
+def test_inductor_matches_eager():
+    model = training_model(num_hidden_layers=1)
+    inputs = batch()
+    eager = step(model, inputs)
+    compiled = step(torch.compile(model), inputs)
+    assert_steps_equal(eager, compiled)
+
+
+def test_training_forward_is_one_graph():
+    # fullgraph=True raises at the first graph break. A B'MOJO layer runs the code of the Mamba-2 and
+    # sliding-window layers too (its fading memory and window); full attention has a path of its own.
+    kinds = ["bmojo", "full_attention"]
+    model = training_model(num_hidden_layers=len(kinds), mixer_types=kinds)
+    inputs = batch()
+    eager = step(model, inputs)
+    compiled_model = torch.compile(model, backend="aot_eager", fullgraph=True)
+    assert_steps_equal(eager, step(compiled_model, inputs), atol=1e-6, rtol=1e-5)
+    # another length compiles once more, with dynamic shapes, still without a graph break
+    shorter = {name: t[:, :13] for name, t in inputs.items()}
+    assert_steps_equal(step(model, shorter), step(compiled_model, shorter), atol=1e-6, rtol=1e-5)
+
+
+def test_compiled_input_checks_still_fire():
+    # under compile the value checks are in-graph asserts (RuntimeError, same message), not graph breaks
+    model = torch.compile(training_model(num_hidden_layers=1), backend="aot_eager", fullgraph=True)
+    ids = random_ids(1, 9)
+    ids[0, 3] = 128  # vocab_size is 128
+    with pytest.raises(RuntimeError, match="input_ids must lie in"):
+        model(input_ids=ids)
+
+
+def test_fused_on_cuda_is_traced_inline_when_the_model_is_compiled(monkeypatch):
+    """`fused_on_cuda` runs its torch.compile'd copy outside a compiled region (where Triton is allowed)
+    and the plain function inside one, so a compiled model never nests a compiled call."""
+    from bmojo.kernels import dispatch
+
+    real_compile, calls = torch.compile, []
+
+    def recording_compile(fn, **kwargs):
+        def compiled(*args):
+            calls.append(fn.__name__)
+            return fn(*args)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+
+    @dispatch.fused_on_cuda
+    def double(x):
+        return 2 * x
+
+    monkeypatch.setattr(dispatch, "use_triton", lambda tensor, use_kernels: use_kernels is not False)
+    x = torch.arange(4.0)
+    assert torch.equal(double(x), 2 * x) and calls == ["double"]  # eager, kernels allowed: the compiled copy
+    assert torch.equal(double(x, use_kernels=False), 2 * x) and calls == ["double"]
+    outer = real_compile(lambda t: double(t) + 1, backend="aot_eager", fullgraph=True)
+    assert torch.equal(outer(x), 2 * x + 1) and calls == ["double"]  # inside a compiled region: inline
