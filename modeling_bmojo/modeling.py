@@ -191,8 +191,12 @@ class BMojoModel(BMojoPreTrainedModel):
         lengths = mask.sum(dim=1)
         order = left_justify_order(mask)  # None when every row already starts with its real tokens
 
-        def restore(h):  # back to the caller's column order
-            return h if order is None else torch.empty_like(h).scatter_(1, order[..., None].expand_as(h), h)
+        # back to the caller's column order: a gather by the inverse permutation (functional, so the same
+        # under torch.compile; an in-place scatter into a fresh buffer is not)
+        inverse = None if order is None else torch.argsort(order, dim=1)
+
+        def restore(h):
+            return h if inverse is None else torch.gather(h, 1, inverse[..., None].expand_as(h))
 
         if order is not None:
             hidden = torch.gather(hidden, 1, order[..., None].expand_as(hidden))
