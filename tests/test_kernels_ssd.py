@@ -200,7 +200,7 @@ def test_custom_ops_pass_opcheck(with_d, with_s0):
     from bmojo.kernels.ssd import chunk
     fwd, bwd = torch.ops.bmojo.ssd_chunk_fwd.default, torch.ops.bmojo.ssd_chunk_bwd.default
     torch.manual_seed(0)
-    args = make_inputs(2, 19, 2, 1, 16, 8, with_d=with_d, with_s0=with_s0)
+    args = make_inputs(1, 19, 2, 1, 16, 8, with_d=with_d, with_s0=with_s0)
     config = chunk._flat_config({**chunk._default_config(16, 8), "Q": 16})
     inputs = tuple(args[n] for n in NAMES) + (config,)
     torch.library.opcheck(fwd, inputs)
