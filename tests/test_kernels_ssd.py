@@ -142,10 +142,10 @@ def test_interpreter_y_only_and_no_final_state():
 def test_interpreter_suite():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", __file__]
-    # run from tests/: `-m` puts the working directory first on sys.path, and the repo root's bmojo/
-    # folder (unmapped) would shadow the installed package
+    # from the repository root, where setup.cfg's pytest settings apply (the root is the package itself:
+    # nothing there shadows the installed bmojo)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
-                          cwd=os.path.dirname(os.path.abspath(__file__)))
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     print(proc.stdout[-6000:], proc.stderr[-2000:])
     assert proc.returncode == 0, proc.stdout[-6000:]
 
