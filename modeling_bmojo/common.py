@@ -65,15 +65,6 @@ def gather_last(x, lengths, count):
     return out * valid.reshape(*valid.shape, *([1] * (x.dim() - 2))).to(out.dtype), valid
 
 
-def push(buffer, new, valid_row):
-    """Append one entry per row to a fixed-length FIFO, only for rows where valid_row.
-
-    buffer [B, S, ...], new [B, ...], valid_row [B] bool."""
-    shifted = torch.cat([buffer[:, 1:], new[:, None].to(buffer.dtype)], dim=1)
-    keep = valid_row.reshape(-1, *([1] * (buffer.dim() - 1)))
-    return torch.where(keep, shifted, buffer)
-
-
 def where_rows(valid_row, new, old):
     """Per-row select between two batch-first tensors."""
     return torch.where(valid_row.reshape(-1, *([1] * (new.dim() - 1))), new, old)
