@@ -62,12 +62,14 @@ def empty_set(batch, size, like):
 
 def merge(a, b, size):
     """Best `size` tokens of two sets (all of them when size is None)."""
-    s, p, pick = merge_sets(a["s"], a["p"], b["s"], b["p"], size)
+    s, p, pick, occupied = merge_sets(a["s"], a["p"], b["s"], b["p"], size)
     idx = pick[..., None, None]
+    keep = occupied[..., None, None]  # empty slots hold zeros
 
     def take(name):
         both = torch.cat([a[name], b[name]], dim=1)
-        return torch.gather(both, 1, idx.expand(-1, -1, *both.shape[2:]))
+        picked = torch.gather(both, 1, idx.expand(-1, -1, *both.shape[2:]))
+        return torch.where(keep, picked, torch.zeros((), dtype=picked.dtype, device=picked.device))
 
     return {"s": s, "p": p, "k": take("k"), "v": take("v")}
 

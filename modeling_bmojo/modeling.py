@@ -10,6 +10,7 @@ token); a filled cache runs the recurrent form one token at a time.
 """
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,23 @@ class BMojoMLP(nn.Module):
 
     def forward(self, x):
         return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x), use_kernels=self.use_kernels))
+
+
+def _compile_once_per_layer_kind(fn):
+    """Hierarchical compilation (torch >= 2.8, `torch.compiler.nested_compile_region`): torch.compile traces
+    and optimises a layer's decode step once and reuses it for every layer of the same structure, instead of
+    inlining all of them into one graph; the decode step stays one graph (one CUDA graph). Compile time then
+    stops growing with depth (4 tiny layers on CPU with Inductor: 155 s -> 78 s). A no-op in eager mode;
+    `BMOJO_NESTED_COMPILE=0` turns it off (to compare)."""
+    region = getattr(torch.compiler, "nested_compile_region", None)
+    if region is None or os.environ.get("BMOJO_NESTED_COMPILE", "1") == "0":
+        return fn
+    return region(fn)
+
+
+@_compile_once_per_layer_kind
+def _decode_layer(layer, hidden, pos, valid, state):
+    return layer.step(hidden, pos, valid, state)
 
 
 def build_mixer(config, kind):
@@ -226,7 +244,7 @@ class BMojoModel(BMojoPreTrainedModel):
             h = hidden[:, t]
             per_layer[0].append(h)
             for i, layer in enumerate(self.layers):
-                h = layer.step(h, cache.lengths, valid, cache.states[i])
+                h = _decode_layer(layer, h, cache.lengths, valid, cache.states[i])
                 per_layer[i + 1].append(h)
             cache.advance(valid, 1)
             outputs.append(self.norm(h))

@@ -1,10 +1,11 @@
 """The eidetic store holds exactly what a brute-force top-k over eligible positions picks."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bmojo.kernels.innovation import EMPTY, chunk_candidates, eidetic_stores
+from bmojo.kernels.innovation import EMPTY, best_in_order, chunk_candidates, eidetic_stores, rank_topk
 from conftest import cache_of, random_ids, tiny_model
 
 
@@ -76,3 +77,29 @@ def test_padding_never_enters_the_store():
     for layer in range(2):
         for name in ("store", "prev", "cur"):
             assert torch.equal(getattr(both.states[layer], name).p, getattr(alone.states[layer], name).p)
+
+
+def _ordered_union(gen, rows, size, levels):
+    """Sets as the model merges them: real entries in position order (increasing, with gaps), then empty slots
+    (-inf, EMPTY) mixed in, scores from few levels (ties), signs and -0.0 included."""
+    scores = torch.randint(-levels, levels + 1, (rows, size), generator=gen).float() / 2
+    scores[(scores == 0) & (torch.rand(rows, size, generator=gen) < 0.5)] = -0.0  # equal to +0.0
+    pos = torch.cumsum(torch.randint(1, 4, (rows, size), generator=gen), dim=-1)
+    empty = torch.rand(rows, size, generator=gen) < 0.3
+    return scores.masked_fill(empty, float("-inf")), pos.masked_fill(empty, EMPTY)
+
+
+@pytest.mark.parametrize("size,k", [(1, 1), (7, 3), (33, 32), (64, 64), (65, 17), (300, 32), (544, 512), (128, 128)])
+def test_sort_free_selection_equals_argsort_reference(size, k):
+    """The decode path's selection (pairwise counts up to 64 entries, k-th value above) picks exactly the
+    tokens the argsort reference picks, in the same (position) order, empty slots last."""
+    gen = torch.Generator().manual_seed(size * 1000 + k)
+    for levels in (1, 3, 50):
+        scores, pos = _ordered_union(gen, 16, size, levels)
+        ref = rank_topk(scores, pos, k)
+        ref_s = torch.gather(scores, -1, ref)
+        ref_p = torch.gather(pos, -1, ref).masked_fill(torch.isneginf(ref_s), EMPTY)
+        index, occupied = best_in_order(scores, pos, k)
+        assert torch.equal(occupied, ~torch.isneginf(ref_s))
+        assert torch.equal(torch.where(occupied, torch.gather(pos, -1, index), EMPTY), ref_p)
+        assert torch.equal(torch.where(occupied, torch.gather(scores, -1, index), float("-inf")), ref_s)
