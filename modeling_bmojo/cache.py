@@ -37,6 +37,7 @@ class BMojoCache(Cache):
         self.num_layers = config.num_hidden_layers
         self._max_cache_len = max_cache_len
         self.states = [None] * self.num_layers
+        self._spares = {}  # batch size -> an allocation put aside (_swap_batch)
         self.lengths = None  # (B,) int64: real tokens per row
         self.seen = None  # () int64: columns seen, padding included
         self.dtype = None  # the dtype the states were allocated in (the model's compute dtype)
@@ -65,6 +66,8 @@ class BMojoCache(Cache):
         # each layer's state lives where that layer's weights are (device_map may spread them)
         devices = [_layer_device(layer) or device for layer in model.layers]
         if not self._fits(batch, room, devices, dtype):
+            self._swap_batch(batch)
+        if not self._fits(batch, room, devices, dtype):
             self.states = [layer.mixer.new_state(batch, where, dtype, room)
                            for layer, where in zip(model.layers, devices)]
             self.devices = devices
@@ -76,6 +79,24 @@ class BMojoCache(Cache):
             for state in self.states:
                 state.reset_()
         self.verified_for = None
+
+    # Allocations of other batch sizes kept by a cache that generate() reuses: a compiled decode step's CUDA
+    # graphs are recorded on its buffers' addresses, so going back to a batch size finds them unchanged
+    # instead of re-recording on new ones (re-recording under a graph compiled for dynamic batch sizes
+    # failed inside torch's CUDA-graph trees on torch 2.11). Bounded: the oldest allocation goes first.
+    _SPARE_BATCH_SIZES = 3
+
+    def _swap_batch(self, batch):
+        """Puts the current allocation aside under its batch size and takes back the one for `batch`, if any."""
+        spares = self._spares
+        if self.lengths is not None:
+            spares[self.lengths.shape[0]] = (self.states, self.devices, self.lengths, self.seen, self.dtype)
+        if batch in spares:
+            self.states, self.devices, self.lengths, self.seen, self.dtype = spares.pop(batch)
+        else:
+            self.states, self.lengths = [None] * self.num_layers, None
+        while len(spares) > self._SPARE_BATCH_SIZES:
+            spares.pop(next(iter(spares)))
 
     def _fits(self, batch, room, devices, dtype):
         if self.lengths is None or self.lengths.shape[0] != batch or self.devices != devices:

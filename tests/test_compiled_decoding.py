@@ -154,6 +154,33 @@ def test_reused_cache_after_reset_equals_a_fresh_one():
     torch.testing.assert_close(step_again, step_fresh, atol=0, rtol=0)
 
 
+@torch.no_grad()
+def test_reused_cache_keeps_each_batch_size_allocation():
+    """A reused cache going back to a batch size it held gets that size's buffers back (the addresses its
+    CUDA graphs were recorded on), cleared: the result equals a fresh cache's."""
+    model = model_for("mixed")
+    cache = BMojoCache(model.config, max_cache_len=40)
+
+    def pointers():
+        return [t.data_ptr() for s in cache.states for _, t in s.named_tensors()] + [cache.lengths.data_ptr()]
+
+    model(random_ids(2, 9, seed=1), cache=cache)
+    two = pointers()
+    for batch in (3, 1):
+        cache.reset()
+        model(random_ids(batch, 9, seed=batch), cache=cache)
+        assert pointers() != two
+    cache.reset()
+    ids = random_ids(2, 17, seed=4)
+    again = model(ids, cache=cache)
+    assert pointers() == two
+    fresh = model(ids, cache=BMojoCache(model.config, max_cache_len=40))
+    torch.testing.assert_close(again.logits, fresh.logits, atol=0, rtol=0)
+    step = random_ids(2, 1, seed=5)
+    torch.testing.assert_close(model(step, cache=cache).logits,
+                               model(step, cache=getattr(fresh, CACHE_NAME)).logits, atol=0, rtol=0)
+
+
 def test_compiled_model_plain_forward_equals_eager():
     """torch.compile(model) (default settings) runs a plain training forward on CPU."""
     model = tiny_model()
