@@ -46,4 +46,3 @@ def test_bad_ssm_a_init_raises_naming_the_field_and_the_choices(bad):
     config.ssm_a_init = bad  # assigned after construction: the model's constructor validates again
     with pytest.raises(ValueError, match="ssm_a_init"):
         bmojo.BMojoForCausalLM(config)
-
