@@ -279,12 +279,31 @@ def write_results(out_dir, results, rows, meta):
     return summary
 
 
+def job_devices(device, count):
+    """The device of each of `count` jobs: plain "cuda" on a machine with several GPUs spreads them
+    round-robin (each job is one small model on one GPU); any other device is used as given."""
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    return [f"cuda:{i % gpus}" if gpus > 1 else device for i in range(count)]
+
+
+def load_finished(path, setting):
+    """{(row, seed): job} of the jobs in an earlier parity.json that finished without error, if that run
+    had the same setting; a ValueError otherwise (mixing settings would average different experiments)."""
+    with open(path) as f:
+        earlier = json.load(f)
+    if earlier.get("setting") != asdict(setting):
+        raise ValueError(f"resume file {path} has setting {earlier.get('setting')}, this run "
+                         f"{asdict(setting)}: only a run of the same setting can be resumed")
+    return {(j["row"], j["seed"]): j for j in earlier["jobs"] if j["error"] is None}
+
+
 def run_parity(rows=tuple(ROWS), seeds=(0, 1, 2), setting=None, device="cpu", workers=1, out_dir="parity",
-               command=None, time_limit=None, log=None):
+               command=None, time_limit=None, log=None, resume=None):
     """Runs every (row, seed) job and writes `parity.json` and `parity.md` under `out_dir` after each
     finished one. Jobs run seed by seed (every row at seed 0 first), so a cut-short run still has
-    whole seeds. `time_limit` (seconds): jobs not started by then are recorded as skipped. Returns the
-    per-row summary."""
+    whole seeds. `time_limit` (seconds): jobs not started by then are recorded as skipped. `resume`: an
+    earlier parity.json of the same setting whose finished jobs are kept instead of run again. Returns
+    the per-row summary."""
     rows, seeds = check_rows(rows), check_seeds(seeds)
     log = log or functools.partial(print, flush=True)
     setting = setting or ParitySetting()
@@ -292,13 +311,17 @@ def run_parity(rows=tuple(ROWS), seeds=(0, 1, 2), setting=None, device="cpu", wo
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta = dict(command=command or "run_parity(...)", date=date,
                 environment=_environment(device), setting=asdict(setting), rows=list(rows), seeds=list(seeds),
-                workers=workers, row_definitions={r: [ROWS[r][0], ROWS[r][1], ROWS[r][2]] for r in rows})
-    jobs = [(row, seed) for seed in seeds for row in rows]
-    results, start = [], time.time()
+                workers=workers, resumed_from=resume, row_definitions={r: list(ROWS[r]) for r in rows})
+    finished = load_finished(resume, setting) if resume else {}
+    results = [finished[(row, seed)] for seed in seeds for row in rows if (row, seed) in finished]
+    jobs = [(row, seed) for seed in seeds for row in rows if (row, seed) not in finished]
+    if results:
+        log(f"resumed {len(results)} finished job(s) from {resume}; {len(jobs)} to run")
+    devices, start, resumed = job_devices(device, len(jobs)), time.time(), len(results)
 
     def record(result):
         results.append(result)
-        done, elapsed = len(results), time.time() - start
+        done, elapsed = len(results) - resumed, time.time() - start
         eta = elapsed / done * (len(jobs) - done)  # jobs are alike in cost: the mean so far predicts the rest
         error = (result["error"] or "").splitlines()[:1]
         what = (error[0] if error[0].startswith("skipped") else "ERROR " + error[0]) if error else (
@@ -313,25 +336,26 @@ def run_parity(rows=tuple(ROWS), seeds=(0, 1, 2), setting=None, device="cpu", wo
 
     deadline = None if time_limit is None else start + time_limit
     if workers <= 1:
-        for row, seed in jobs:
+        for (row, seed), dev in zip(jobs, devices):
             late = deadline is not None and time.time() > deadline
             record(skipped(row, seed, f"skipped: time limit {time_limit} s") if late
-                   else run_job(row, seed, setting, device))
+                   else run_job(row, seed, setting, dev))
     else:
-        _run_pool(jobs, setting, device, workers, deadline, record, skipped)
+        _run_pool(jobs, devices, setting, workers, deadline, record, skipped)
     summary = write_results(out_dir, results, rows, meta)
     log(f"done in {time.time() - start:.0f} s: {os.path.join(out_dir, 'parity.md')}")
     return summary
 
 
-def _run_pool(jobs, setting, device, workers, deadline, record, skipped):
+def _run_pool(jobs, devices, setting, workers, deadline, record, skipped):
     """The jobs in `workers` spawned one-thread processes (as `mqar.run_comparison`), recorded as they end."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=mqar._worker_init) as pool:
-        pending = {pool.submit(run_job, row, seed, setting, device): (row, seed) for row, seed in jobs}
+        pending = {pool.submit(run_job, row, seed, setting, dev): (row, seed)
+                   for (row, seed), dev in zip(jobs, devices)}
         while pending:
             timeout = None if deadline is None else max(0.0, deadline - time.time())
             done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
@@ -370,10 +394,13 @@ def build_parser():
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--num-train", type=int, default=defaults.num_train, help="training sequences per seed")
     p.add_argument("--num-test", type=int, default=defaults.num_test, help="test sequences per seed")
-    p.add_argument("--device", default="cpu", help="torch device (cuda: bf16 autocast; cpu: float32)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device (cuda: bf16 autocast, jobs spread over all GPUs; cpu: float32)")
     p.add_argument("--workers", type=int, default=1, help="jobs at once, one process of one thread each")
     p.add_argument("--time-limit", type=float, default=None,
                    help="seconds after which jobs not yet started are skipped (running ones finish)")
+    p.add_argument("--resume", default=None, metavar="PARITY_JSON",
+                   help="an earlier parity.json of the same setting: its finished jobs are kept, not rerun")
     p.add_argument("--out", default="parity_results")
     return p
 
@@ -389,7 +416,8 @@ def main(argv=None):
         mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len, num_pairs=setting.num_pairs,
                       num_train=setting.num_train, num_test=setting.num_test)
         command = "python -m bmojo.eval.parity " + shlex.join(argv)
-        summary = run_parity(rows, ns.seeds, setting, ns.device, ns.workers, ns.out, command, ns.time_limit)
+        summary = run_parity(rows, ns.seeds, setting, ns.device, ns.workers, ns.out, command, ns.time_limit,
+                             resume=ns.resume)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

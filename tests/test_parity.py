@@ -70,3 +70,25 @@ def test_hf_rows_match_our_rows_in_size():
     assert params("hf-mamba2") == params("mamba2-hf-like")
     hf_mamba2 = parity.build_model("hf-mamba2", setting)[0].config
     assert (hf_mamba2.num_heads, hf_mamba2.head_dim, hf_mamba2.state_size) == (4, 32, 16)
+
+
+def test_resume_keeps_finished_jobs_and_runs_only_the_rest(tmp_path, monkeypatch):
+    setting = parity.ParitySetting(steps=2, num_train=64, num_test=16)
+    first = tmp_path / "first"
+    parity.run_parity(["full_attention"], (0,), setting, out_dir=str(first), log=lambda *a: None)
+    ran = []
+    real = parity.run_job
+
+    def counted(row, seed, *rest):
+        ran.append((row, seed))
+        return real(row, seed, *rest)
+
+    monkeypatch.setattr(parity, "run_job", counted)
+    summary = parity.run_parity(["full_attention", "hf-llama"], (0,), setting, out_dir=str(tmp_path / "2nd"),
+                                log=lambda *a: None, resume=str(first / "parity.json"))
+    assert ran == [("hf-llama", 0)] and [r["seeds_done"] for r in summary] == [1, 1]
+    earlier = json.loads((first / "parity.json").read_text())["summary"][0]["mean"]
+    assert summary[0]["mean"] == earlier
+    with pytest.raises(ValueError, match="same setting"):
+        parity.run_parity(["hf-llama"], (0,), parity.replace(setting, steps=3), out_dir=str(tmp_path / "3rd"),
+                          resume=str(first / "parity.json"))
