@@ -10,6 +10,7 @@ import math
 from transformers import PretrainedConfig
 
 MIXER_TYPES = ("bmojo", "mamba2", "sliding_attention", "full_attention")
+SSM_A_INITS = ("uniform", "arange")  # Mamba-2 decay initialisation, see the docstring's `ssm_a_init`
 # transformers validates `layer_types` against its own names; these are the nearest ones.
 _HF_LAYER_TYPE = {
     "bmojo": "hybrid_sliding",
@@ -101,6 +102,9 @@ class BMojoConfig(PretrainedConfig):
         ssm_chunk_size (`int`, *optional*, defaults to 128): chunk length of the SSD scan.
         dt_min, dt_max, dt_init_floor (`float`): Mamba-2 initialisation range of the step size
             (0 < dt_min <= dt_max; the floor clamps it from below, 0 < dt_init_floor <= dt_max).
+        ssm_a_init (`str`, *optional*, defaults to `"uniform"`): Mamba-2 initialisation of the decay rates
+            A_h (A = -exp(A_log)): `"uniform"` draws each head's A from U(1, 16) (mamba_ssm's
+            `A_init_range`); `"arange"` sets A_h = h + 1 for heads h = 0..H-1, as HF `Mamba2` does.
         rms_norm_eps (`float`, *optional*, defaults to 1e-5), initializer_range (`float`, defaults to 0.02).
         use_kernels (`"auto"`, `True` or `False`): Triton kernels on CUDA (`"auto"`), always, or never.
     """
@@ -135,6 +139,7 @@ class BMojoConfig(PretrainedConfig):
         dt_min=0.001,
         dt_max=0.1,
         dt_init_floor=1e-4,
+        ssm_a_init="uniform",
         rms_norm_eps=1e-5,
         initializer_range=0.02,
         tie_word_embeddings=True,
@@ -176,6 +181,7 @@ class BMojoConfig(PretrainedConfig):
         self.dt_min = dt_min
         self.dt_max = dt_max
         self.dt_init_floor = dt_init_floor
+        self.ssm_a_init = ssm_a_init
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
         self.use_kernels = use_kernels
@@ -269,6 +275,8 @@ class BMojoConfig(PretrainedConfig):
                 f"BMojoConfig.dt_init_floor must be <= dt_max={self.dt_max!r} (initial step sizes are "
                 f"clamped at dt_init_floor), got {self.dt_init_floor!r}"
             )
+        if getattr(self, "ssm_a_init", "uniform") not in SSM_A_INITS:
+            raise ValueError(f"BMojoConfig.ssm_a_init must be one of {SSM_A_INITS}, got {self.ssm_a_init!r}")
         _check_float("rms_norm_eps", self.rms_norm_eps, 0.0, low_open=True)
         _check_float("initializer_range", self.initializer_range, 0.0, low_open=True)
         _check_bool("tie_word_embeddings", getattr(self, "tie_word_embeddings", True))

@@ -153,7 +153,9 @@ def make_splits(task):
 @dataclass
 class TrainArgs:
     """A plain AdamW loop: on 2 CPU cores the HF Trainer's per-step overhead is a large share of a
-    step of a tiny model, and MQAR needs no feature of it. Warmup then cosine decay, clipping 1.0."""
+    step of a tiny model, and MQAR needs no feature of it. Warmup then cosine decay, clipping 1.0.
+    `bf16`: bfloat16 autocast around each forward (only there: autocast caches its casts of the weights
+    until its context ends, so a context around the optimizer step would keep using stale copies)."""
 
     steps: int = 1000
     batch_size: int = 64
@@ -162,6 +164,7 @@ class TrainArgs:
     warmup: int = 50
     seed: int = 0
     progress: bool = True
+    bf16: bool = False
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -169,6 +172,8 @@ class TrainArgs:
         _check_int("warmup", self.warmup, 0)
         if not self.lr > 0:
             raise ValueError(f"TrainArgs.lr must be > 0, got {self.lr!r}")
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"TrainArgs.bf16 must be True or False, got {self.bf16!r}")
 
 
 def _progress(iterable, enabled, desc):
@@ -217,18 +222,19 @@ def train(model, data, args=None, desc="mqar"):
     losses = []
     bar = _progress(_batches(data["input_ids"].shape[0], args), args.progress, desc)
     for idx in bar:
-        out = model(input_ids=data["input_ids"][idx].to(device), labels=data["labels"][idx].to(device),
-                    use_cache=False)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            out = model(input_ids=data["input_ids"][idx].to(device), labels=data["labels"][idx].to(device),
+                        use_cache=False)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss.detach()))
+        losses.append(out.loss.detach())  # kept on the device: a float() a step would wait for the GPU
         if hasattr(bar, "set_postfix") and len(losses) % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.3f}")
+            bar.set_postfix(loss=f"{float(torch.stack(losses[-20:]).mean()):.3f}")
     model.eval()
-    return losses
+    return torch.stack(losses).float().tolist() if losses else []
 
 
 @torch.no_grad()

@@ -36,11 +36,19 @@ A_LOG_MAX = math.log(1e4)
 
 
 def ssm_init_values(config, heads):
-    """Mamba-2 initialisation: (dt_bias, A_log, D) with dt log-uniform in [dt_min, dt_max], A in [1, 16], D = 1."""
+    """Mamba-2 initialisation: (dt_bias, A_log, D) with dt log-uniform in [dt_min, dt_max], D = 1, and A per
+    `config.ssm_a_init`: "uniform" draws A from U(1, 16), "arange" sets A_h = h + 1 (HF Mamba2's init)."""
     log_lo, log_hi = math.log(config.dt_min), math.log(config.dt_max)
     dt = torch.exp(torch.rand(heads) * (log_hi - log_lo) + log_lo).clamp(min=config.dt_init_floor)
     dt_bias = dt + torch.log(-torch.expm1(-dt))  # inverse of softplus
-    return dt_bias, torch.log(torch.empty(heads).uniform_(1, 16)), torch.ones(heads)
+    a_init = getattr(config, "ssm_a_init", "uniform")  # configs saved before the field existed: uniform
+    if a_init == "arange":
+        a = torch.arange(1, heads + 1, dtype=torch.float32)
+    elif a_init == "uniform":
+        a = torch.empty(heads).uniform_(1, 16)
+    else:
+        raise ValueError(f"BMojoConfig.ssm_a_init must be one of ('uniform', 'arange'), got {a_init!r}")
+    return dt_bias, torch.log(a), torch.ones(heads)
 
 
 class Mamba2Mixer(nn.Module):

@@ -3,6 +3,7 @@
 import json
 import os
 import tempfile
+from dataclasses import replace
 
 import pytest
 import torch
@@ -200,3 +201,30 @@ def test_demo_default_folder_is_new_and_temporary():
     finally:
         os.rmdir(first)
         os.rmdir(second)
+
+
+def test_bf16_training_steps_see_the_previous_update():
+    # TrainArgs.bf16 autocasts each forward alone: one autocast context around the whole loop would keep
+    # its cached bf16 casts of the initial weights, and every step would run the untrained model.
+    import copy
+
+    task = _task(num_train=64)
+    train, _ = mqar.make_splits(task)
+    args = mqar.TrainArgs(steps=2, batch_size=8, lr=1e-2, warmup=4, seed=0, progress=False, bf16=True)
+    torch.manual_seed(0)
+    model = bmojo.BMojoForCausalLM(bmojo.preset_config("transformer-tiny", vocab_size=64))
+    after_one = copy.deepcopy(model)
+    untrained = copy.deepcopy(model)
+    losses = mqar.train(model, train, args)
+    mqar.train(after_one, train, replace(args, steps=1))  # the same first step (same lr at step 0)
+    second = list(mqar._batches(64, args))[1]
+
+    def loss_of(m):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return float(m(input_ids=train["input_ids"][second], labels=train["labels"][second],
+                           use_cache=False).loss)
+
+    assert losses[1] == pytest.approx(loss_of(after_one), abs=1e-6)
+    assert abs(loss_of(untrained) - loss_of(after_one)) > 1e-3  # so a stale-weight step would be caught
+    with pytest.raises(ValueError, match="TrainArgs.bf16"):
+        mqar.TrainArgs(bf16="yes")

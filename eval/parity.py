@@ -1,0 +1,428 @@
+"""Parity on MQAR: our model families against the Hugging Face models they reimplement, over seeds.
+
+Issue 12: on one small multi-query associative recall (MQAR) setting, HF Llama learns the task at every
+seed while our full-attention and Mamba-2 families learn it only at some seeds or not at all. Each row
+here is one model; rows that differ from a family's defaults in one thing (tied embeddings, the Mamba-2
+decay init A, the MLP in every block) say which default costs the recall. Every (row, seed) job trains
+a fresh model in its own process with its own seed for the model's initialisation, the data and the
+batch order, so the rows do not depend on how many run at once, and a job that fails is recorded with
+its error instead of ending the run.
+
+The setting (`ParitySetting`; the issue's): 2 layers, width 64, 2 attention heads of 32, SSM state 16
+with heads of 32 (expand 2: 4 SSM heads), window 16, sequences of 64 tokens holding 8 key-value pairs,
+256 token ids; AdamW with warmup then cosine decay (`mqar.train`) at lr 1e-3, batch 64, 3,000 steps,
+bf16 autocast on CUDA (float32 on CPU); accuracy on unseen test sequences (`mqar.evaluate`).
+
+The HF rows keep transformers' own defaults for everything but size (Llama: untied embeddings, RMSNorm
+eps 1e-6; Mamba2: untied, initializer_range 0.1, out_proj Kaiming-uniform, A_h = h + 1, no MLP), since
+those defaults are what the comparison is about; `pad_token_id` is None so that MQAR's filler id 0 is
+an ordinary token for every model (Llama would otherwise freeze its embedding as padding).
+
+    python -m bmojo.eval.parity --device cuda --workers 14 --out parity_results
+writes `parity.json` (every job, the setting, the command, device and date) and `parity.md` (mean, min
+and max accuracy over the seeds per row, and each seed's value), rewritten after every finished job.
+"""
+
+import argparse
+import datetime
+import functools
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from . import mqar
+
+# row name -> (source, family or HF model, overrides of our config). Our families start from the tiny
+# preset of the family resized to the setting (`our_config`); each override is one departure from it.
+_HF_LIKE = dict(tie_word_embeddings=False, ssm_a_init="arange", intermediate_size=0)
+ROWS = {
+    "hf-llama": ("hf", "llama", {}),
+    "hf-mamba2": ("hf", "mamba2", {}),
+    "full_attention": ("bmojo", "transformer", {}),
+    "full_attention-untied": ("bmojo", "transformer", dict(tie_word_embeddings=False)),
+    "mamba2": ("bmojo", "mamba2", {}),
+    "mamba2-untied": ("bmojo", "mamba2", dict(tie_word_embeddings=False)),
+    "mamba2-arange": ("bmojo", "mamba2", dict(ssm_a_init="arange")),
+    "mamba2-nomlp": ("bmojo", "mamba2", dict(intermediate_size=0)),
+    "mamba2-hf-like": ("bmojo", "mamba2", _HF_LIKE),
+    # HF Mamba2's initializer_range (0.1 for embeddings, in_proj and head; ours 0.02) on top of hf-like.
+    "mamba2-hf-init": ("bmojo", "mamba2", dict(_HF_LIKE, initializer_range=0.1)),
+    "bmojo": ("bmojo", "bmojo", {}),
+    "bmojo-f": ("bmojo", "bmojo", dict(eidetic_capacity=0)),
+    "bmojo-f-untied-arange": ("bmojo", "bmojo", dict(eidetic_capacity=0, tie_word_embeddings=False,
+                                                     ssm_a_init="arange")),
+}
+# The SSD chunk length of HF Mamba2's torch path. It changes no value, only the cost: HF's default 256
+# pads our 64-token sequences to 256 and its (b, c, l, l, h, n) intermediate made a CPU step 13x slower.
+HF_MAMBA2_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class ParitySetting:
+    """The MQAR task, model size and training of every row (defaults: issue 12's setting)."""
+
+    num_layers: int = 2
+    hidden_size: int = 64
+    intermediate_size: int = 128  # SwiGLU width of the blocks that have an MLP (Llama and our families)
+    num_heads: int = 2
+    head_dim: int = 32
+    ssm_state_size: int = 16
+    ssm_head_dim: int = 32
+    ssm_expand: int = 2
+    window_size: int = 16  # B'MOJO's sliding window and eidetic chunk; fading band n_f = w
+    eidetic_capacity: int = 32  # B'MOJO's store M_e (B'MOJO-F rows set 0)
+    seq_len: int = 64
+    num_pairs: int = 8
+    vocab_size: int = 256
+    num_train: int = 20_000
+    num_test: int = 1_000
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.1
+
+
+def check_rows(names):
+    """The row names as a tuple; a ValueError naming the allowed rows for any unknown one."""
+    names = tuple(names)
+    bad = [n for n in names if n not in ROWS]
+    if bad or not names:
+        raise ValueError(f"rows must be a non-empty list among {tuple(ROWS)}, got unknown {bad or names!r}")
+    return names
+
+
+def check_seeds(seeds):
+    seeds = tuple(seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or any(
+            isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be distinct integers >= 0 (at least one), got {seeds!r}")
+    return seeds
+
+
+def our_config(family, setting, overrides=None):
+    """BMojoConfig of one of our families at the setting's size, with `overrides` applied last."""
+    import bmojo
+
+    s = setting
+    name = "tiny" if family == "bmojo" else f"{family}-tiny"
+    sized = dict(vocab_size=s.vocab_size, hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
+                 num_hidden_layers=s.num_layers, num_attention_heads=s.num_heads,
+                 num_key_value_heads=s.num_heads, head_dim=s.head_dim, ssm_state_size=s.ssm_state_size,
+                 ssm_head_dim=s.ssm_head_dim, ssm_expand=s.ssm_expand, window_size=s.window_size,
+                 fading_tokens=s.window_size, eidetic_capacity=s.eidetic_capacity,
+                 eidetic_tokens_per_chunk=max(1, s.window_size // 2))
+    return bmojo.preset_config(name, **{**sized, **(overrides or {})})
+
+
+def hf_config(model, setting):
+    """The transformers config of an HF reference row, sized like our families, HF defaults otherwise."""
+    s = setting
+    if model == "llama":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(vocab_size=s.vocab_size, hidden_size=s.hidden_size,
+                           intermediate_size=s.intermediate_size, num_hidden_layers=s.num_layers,
+                           num_attention_heads=s.num_heads, num_key_value_heads=s.num_heads,
+                           head_dim=s.head_dim, max_position_embeddings=max(2048, s.seq_len),
+                           tie_word_embeddings=False, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+                           attn_implementation="sdpa")
+    if model == "mamba2":
+        from transformers import Mamba2Config
+
+        inner = s.ssm_expand * s.hidden_size
+        return Mamba2Config(vocab_size=s.vocab_size, hidden_size=s.hidden_size,
+                            num_hidden_layers=s.num_layers, state_size=s.ssm_state_size,
+                            head_dim=s.ssm_head_dim, num_heads=inner // s.ssm_head_dim, expand=s.ssm_expand,
+                            n_groups=1, chunk_size=HF_MAMBA2_CHUNK, tie_word_embeddings=False,
+                            pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    raise ValueError(f"HF reference model must be 'llama' or 'mamba2', got {model!r}")
+
+
+def build_model(row, setting):
+    """(model, config summary) of one row, on CPU in float32; seed the RNG before calling."""
+    source, family, overrides = ROWS[row]
+    if source == "hf":
+        from transformers import LlamaForCausalLM, Mamba2ForCausalLM
+
+        config = hf_config(family, setting)
+        model = (LlamaForCausalLM if family == "llama" else Mamba2ForCausalLM)(config)
+        keep = ("tie_word_embeddings", "initializer_range", "rms_norm_eps", "layer_norm_epsilon", "num_heads",
+                "num_key_value_heads", "residual_in_fp32", "intermediate_size")
+        summary = {k: getattr(config, k) for k in keep if hasattr(config, k)}
+        return model, {"class": type(model).__name__, **summary}
+    config = our_config(family, setting, overrides)
+    summary = {k: getattr(config, k) for k in (
+        "mixer_types", "tie_word_embeddings", "ssm_a_init", "intermediate_size", "initializer_range",
+        "ssm_num_heads", "window_size", "fading_tokens", "eidetic_capacity", "eidetic_tokens_per_chunk")}
+    import bmojo
+
+    return bmojo.BMojoForCausalLM(config), {"class": "BMojoForCausalLM", **summary}
+
+
+def run_job(row, seed, setting, device="cpu"):
+    """Trains and evaluates one (row, seed); returns its result dict. Never raises: an error is recorded."""
+    result = dict(row=row, seed=seed, accuracy=None, final_loss=None, params=None, train_seconds=None,
+                  error=None)
+    start = time.time()
+    try:
+        task = mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len,
+                             num_pairs=setting.num_pairs, num_train=setting.num_train,
+                             num_test=setting.num_test, seed=seed)
+        cuda = torch.device(device).type == "cuda"
+        # On the device once: a host-to-device copy of every batch would cost a transfer a step.
+        train_data, test_data = ({k: v.to(device) for k, v in split.items()}
+                                 for split in mqar.make_splits(task))
+        torch.manual_seed(seed)  # the model's initialisation; mqar.train reseeds for the batch order
+        model, summary = build_model(row, setting)
+        model = model.to(device)
+        result.update(params=sum(p.numel() for p in model.parameters()), config=summary)
+        args = mqar.TrainArgs(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr,
+                              warmup=setting.warmup, weight_decay=setting.weight_decay, seed=seed,
+                              progress=False, bf16=cuda)
+        train_start = time.time()
+        losses = mqar.train(model, train_data, args)  # bf16 autocast around each forward on CUDA
+        train_seconds = time.time() - train_start
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):  # no weight update inside: safe
+            accuracy = mqar.evaluate(model, test_data)
+        tail = losses[-20:]
+        result.update(accuracy=accuracy, final_loss=sum(tail) / len(tail),
+                      train_seconds=round(train_seconds, 1))
+    except Exception as err:  # one failing job must not end the run: its row says why
+        result["error"] = f"{type(err).__name__}: {err}\n" + "".join(traceback.format_exc(limit=-3))
+    result["seconds"] = round(time.time() - start, 1)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the jobs and writing the results
+# ---------------------------------------------------------------------------------------------
+
+
+def _device_name(device):
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(dev)} (cuda)"
+    return f"{dev.type}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _environment(device):
+    import transformers
+
+    return dict(device=_device_name(device), torch=torch.__version__, transformers=transformers.__version__,
+                mamba_ssm_installed=importlib.util.find_spec("mamba_ssm") is not None,
+                causal_conv1d_installed=importlib.util.find_spec("causal_conv1d") is not None,
+                precision="bf16 autocast" if torch.device(device).type == "cuda" else "float32")
+
+
+def summarize(results, rows):
+    """Per row: accuracies by seed, mean / min / max over the seeds that finished, and the errors."""
+    table = []
+    for row in rows:
+        mine = sorted((r for r in results if r["row"] == row), key=lambda r: r["seed"])
+        acc = [r["accuracy"] for r in mine if r["accuracy"] is not None]
+
+        def mean(values):
+            return sum(values) / len(values) if values else None
+
+        losses = [r["final_loss"] for r in mine if r["final_loss"] is not None]
+        seconds = [r["train_seconds"] for r in mine if r["train_seconds"] is not None]
+        table.append(dict(row=row, params=next((r["params"] for r in mine if r["params"]), None),
+                          per_seed={r["seed"]: r["accuracy"] for r in mine}, seeds_done=len(acc),
+                          mean=mean(acc), min=min(acc, default=None), max=max(acc, default=None),
+                          final_loss_mean=mean(losses), train_seconds_mean=mean(seconds),
+                          errors=[f"seed {r['seed']}: {r['error'].splitlines()[0]}"
+                                  for r in mine if r["error"]]))
+    return table
+
+
+def _fmt(value, spec=".3f"):
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(summary, meta):
+    s, env = meta["setting"], meta["environment"]
+    mamba_ssm = "installed" if env["mamba_ssm_installed"] else "not installed (HF torch path)"
+    lines = [f"# MQAR parity ({meta['date']})", "",
+             f"`{meta['command']}`", "",
+             f"Device: {env['device']}; {env['precision']}; torch {env['torch']}, transformers "
+             f"{env['transformers']}; mamba_ssm {mamba_ssm}.",
+             f"Setting: {s['num_layers']} layers, width {s['hidden_size']}, {s['num_heads']} heads of "
+             f"{s['head_dim']}, SSM state {s['ssm_state_size']} heads of {s['ssm_head_dim']}, window "
+             f"{s['window_size']}, M_e {s['eidetic_capacity']}; {s['num_pairs']} pairs in {s['seq_len']} "
+             f"tokens, vocab {s['vocab_size']}, {s['num_train']} train / {s['num_test']} test sequences; lr "
+             f"{s['lr']:g}, batch {s['batch_size']}, {s['steps']} steps. Seeds: {meta['seeds']}.", "",
+             "| row | params | mean | min | max | per seed | final loss | train s | errors |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in summary:
+        per_seed = " / ".join(f"{seed}: {_fmt(acc)}" for seed, acc in r["per_seed"].items()) or "-"
+        lines.append(f"| {r['row']} | {r['params'] or '-'} | {_fmt(r['mean'])} | {_fmt(r['min'])} | "
+                     f"{_fmt(r['max'])} | {per_seed} | {_fmt(r['final_loss_mean'])} | "
+                     f"{_fmt(r['train_seconds_mean'], '.0f')} | {'; '.join(r['errors']) or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir, results, rows, meta):
+    summary = summarize(results, rows)
+    with open(os.path.join(out_dir, "parity.json"), "w") as f:
+        json.dump(dict(meta, summary=summary, jobs=results), f, indent=1, default=str)
+    with open(os.path.join(out_dir, "parity.md"), "w") as f:
+        f.write(markdown(summary, meta))
+    return summary
+
+
+def job_devices(device, count):
+    """The device of each of `count` jobs: plain "cuda" on a machine with several GPUs spreads them
+    round-robin (each job is one small model on one GPU); any other device is used as given."""
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    return [f"cuda:{i % gpus}" if gpus > 1 else device for i in range(count)]
+
+
+def load_finished(path, setting):
+    """{(row, seed): job} of the jobs in an earlier parity.json that finished without error, if that run
+    had the same setting; a ValueError otherwise (mixing settings would average different experiments)."""
+    with open(path) as f:
+        earlier = json.load(f)
+    if earlier.get("setting") != asdict(setting):
+        raise ValueError(f"resume file {path} has setting {earlier.get('setting')}, this run "
+                         f"{asdict(setting)}: only a run of the same setting can be resumed")
+    return {(j["row"], j["seed"]): j for j in earlier["jobs"] if j["error"] is None}
+
+
+def run_parity(rows=tuple(ROWS), seeds=(0, 1, 2), setting=None, device="cpu", workers=1, out_dir="parity",
+               command=None, time_limit=None, log=None, resume=None):
+    """Runs every (row, seed) job and writes `parity.json` and `parity.md` under `out_dir` after each
+    finished one. Jobs run seed by seed (every row at seed 0 first), so a cut-short run still has
+    whole seeds. `time_limit` (seconds): jobs not started by then are recorded as skipped. `resume`: an
+    earlier parity.json of the same setting whose finished jobs are kept instead of run again. Returns
+    the per-row summary."""
+    rows, seeds = check_rows(rows), check_seeds(seeds)
+    log = log or functools.partial(print, flush=True)
+    setting = setting or ParitySetting()
+    os.makedirs(out_dir, exist_ok=True)
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    meta = dict(command=command or "run_parity(...)", date=date,
+                environment=_environment(device), setting=asdict(setting), rows=list(rows), seeds=list(seeds),
+                workers=workers, resumed_from=resume, row_definitions={r: list(ROWS[r]) for r in rows})
+    finished = load_finished(resume, setting) if resume else {}
+    results = [finished[(row, seed)] for seed in seeds for row in rows if (row, seed) in finished]
+    jobs = [(row, seed) for seed in seeds for row in rows if (row, seed) not in finished]
+    if results:
+        log(f"resumed {len(results)} finished job(s) from {resume}; {len(jobs)} to run")
+    devices, start, resumed = job_devices(device, len(jobs)), time.time(), len(results)
+
+    def record(result):
+        results.append(result)
+        done, elapsed = len(results) - resumed, time.time() - start
+        eta = elapsed / done * (len(jobs) - done)  # jobs are alike in cost: the mean so far predicts the rest
+        error = (result["error"] or "").splitlines()[:1]
+        what = (error[0] if error[0].startswith("skipped") else "ERROR " + error[0]) if error else (
+            f"acc {result['accuracy']:.3f} loss {result['final_loss']:.3f}")
+        log(f"[{done:>3}/{len(jobs)}] {result['row']:>22} seed {result['seed']}: {what} "
+            f"({result['seconds']:.0f} s) | elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
+        write_results(out_dir, results, rows, meta)
+
+    def skipped(row, seed, why):
+        return dict(row=row, seed=seed, accuracy=None, final_loss=None, params=None, train_seconds=None,
+                    error=why, seconds=0.0)
+
+    deadline = None if time_limit is None else start + time_limit
+    if workers <= 1:
+        for (row, seed), dev in zip(jobs, devices):
+            late = deadline is not None and time.time() > deadline
+            record(skipped(row, seed, f"skipped: time limit {time_limit} s") if late
+                   else run_job(row, seed, setting, dev))
+    else:
+        _run_pool(jobs, devices, setting, workers, deadline, record, skipped)
+    summary = write_results(out_dir, results, rows, meta)
+    log(f"done in {time.time() - start:.0f} s: {os.path.join(out_dir, 'parity.md')}")
+    return summary
+
+
+def _run_pool(jobs, devices, setting, workers, deadline, record, skipped):
+    """The jobs in `workers` spawned one-thread processes (as `mqar.run_comparison`), recorded as they end."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=mqar._worker_init) as pool:
+        pending = {pool.submit(run_job, row, seed, setting, dev): (row, seed)
+                   for (row, seed), dev in zip(jobs, devices)}
+        while pending:
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            if not done:  # past the deadline: drop the jobs that have not started, finish the running ones
+                for future in list(pending):
+                    if future.cancel():
+                        record(skipped(*pending.pop(future), "skipped: time limit"))
+                deadline = None
+                continue
+            for future in done:
+                row, seed = pending.pop(future)
+                try:
+                    record(future.result())
+                except Exception as err:  # the worker process died (e.g. killed for memory)
+                    record(skipped(row, seed, f"worker failed: {type(err).__name__}: {err}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def _ints(text):
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def build_parser():
+    defaults = ParitySetting()
+    p = argparse.ArgumentParser(
+        prog="python -m bmojo.eval.parity",
+        description="MQAR parity (issue 12): our model families and the HF models they reimplement, on one "
+                    "setting over several seeds; writes parity.json and parity.md.")
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated, among: " + ",".join(ROWS))
+    p.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="comma-separated (default 0,1,2)")
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--num-train", type=int, default=defaults.num_train, help="training sequences per seed")
+    p.add_argument("--num-test", type=int, default=defaults.num_test, help="test sequences per seed")
+    p.add_argument("--device", default="cpu",
+                   help="torch device (cuda: bf16 autocast, jobs spread over all GPUs; cpu: float32)")
+    p.add_argument("--workers", type=int, default=1, help="jobs at once, one process of one thread each")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds after which jobs not yet started are skipped (running ones finish)")
+    p.add_argument("--resume", default=None, metavar="PARITY_JSON",
+                   help="an earlier parity.json of the same setting: its finished jobs are kept, not rerun")
+    p.add_argument("--out", default="parity_results")
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ns = build_parser().parse_args(argv)
+    try:
+        rows = check_rows(r for r in ns.rows.split(",") if r)
+        setting = replace(ParitySetting(), steps=ns.steps, lr=ns.lr, num_train=ns.num_train,
+                          num_test=ns.num_test)
+        mqar.TrainArgs(steps=setting.steps, lr=setting.lr)  # bad --steps / --lr fail here, before any job
+        mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len, num_pairs=setting.num_pairs,
+                      num_train=setting.num_train, num_test=setting.num_test)
+        command = "python -m bmojo.eval.parity " + shlex.join(argv)
+        summary = run_parity(rows, ns.seeds, setting, ns.device, ns.workers, ns.out, command, ns.time_limit,
+                             resume=ns.resume)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0 if all(r["seeds_done"] for r in summary) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
