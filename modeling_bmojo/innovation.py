@@ -103,11 +103,14 @@ def step_sets(sets, token, at_boundary, valid, capacity, per_chunk):
     """Advance the sets by one token. token: a one-entry set; at_boundary [B]: the token opens a new chunk."""
     store, prev, cur = sets["store"], sets["prev"], sets["cur"]
     batch = cur["s"].shape[0]
-    none = empty_set(batch, prev["s"].shape[1], prev["k"])
-    # Entering chunk c: chunk c-2's candidates join the store, chunk c-1's wait one more chunk.
-    store = merge(store, select_rows(at_boundary, prev, none), capacity)
-    prev = select_rows(at_boundary, cur, prev)
-    cur = select_rows(at_boundary, empty_set(batch, cur["s"].shape[1], cur["k"]), cur)
+    # Only one token in w opens a chunk. Eager decoding skips the rotation below when no row's token does
+    # (one host read of a flag costs less than its ~100 ops); a compiled step always runs it, masked by row.
+    if torch.compiler.is_compiling() or bool(at_boundary.any()):
+        none = empty_set(batch, prev["s"].shape[1], prev["k"])
+        # Entering chunk c: chunk c-2's candidates join the store, chunk c-1's wait one more chunk.
+        store = merge(store, select_rows(at_boundary, prev, none), capacity)
+        prev = select_rows(at_boundary, cur, prev)
+        cur = select_rows(at_boundary, empty_set(batch, cur["s"].shape[1], cur["k"]), cur)
     nothing = empty_set(batch, 1, token["k"])
     cur = merge(cur, select_rows(valid, token, nothing), per_chunk)
     return {"store": store, "prev": prev, "cur": cur}

@@ -180,7 +180,8 @@ class TokenSet(State):
                 setattr(self, name, t.to(getattr(self, name).dtype))
             return
         for name, t in tokens.items():
-            getattr(self, name).copy_(t)
+            if t is not getattr(self, name):  # a set the step left as it was is its own tensors: no copy
+                getattr(self, name).copy_(t)
 
 
 class AttentionState(State):
