@@ -87,7 +87,7 @@ class BMojoCache(Cache):
     _SPARE_BATCH_SIZES = 3
 
     def _swap_batch(self, batch):
-        """Puts the current allocation aside under its batch size and takes back the one for `batch`, if any."""
+        """Puts the current allocation aside under its batch size; takes back the one for `batch`, if any."""
         spares = self._spares
         if self.lengths is not None:
             spares[self.lengths.shape[0]] = (self.states, self.devices, self.lengths, self.seen, self.dtype)

@@ -89,7 +89,8 @@ def _ordered_union(gen, rows, size, levels):
     return scores.masked_fill(empty, float("-inf")), pos.masked_fill(empty, EMPTY)
 
 
-@pytest.mark.parametrize("size,k", [(1, 1), (7, 3), (33, 32), (64, 64), (65, 17), (300, 32), (544, 512), (128, 128)])
+@pytest.mark.parametrize("size,k", [(1, 1), (7, 3), (33, 32), (64, 64), (65, 17), (300, 32), (544, 512),
+                                    (128, 128)])
 def test_sort_free_selection_equals_argsort_reference(size, k):
     """The decode path's selection (pairwise counts up to 64 entries, k-th value above) picks exactly the
     tokens the argsort reference picks, in the same (position) order, empty slots last."""

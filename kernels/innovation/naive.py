@@ -79,7 +79,8 @@ def take_best(scores, pos, k):
 
 def rank_topk(scores, pos, k):
     """Reference for `best_in_order` (argsorts, any input order): indices of the k best entries by (score
-    desc, pos asc), returned sorted by position (empty slots last). scores float [..., S], pos int64; k <= S."""
+    desc, pos asc), returned sorted by position (empty slots last). scores float [..., S], pos int64;
+    k <= S."""
     by_pos = torch.argsort(pos, dim=-1, stable=True)
     by_score = torch.argsort(torch.gather(scores, -1, by_pos), dim=-1, descending=True, stable=True)
     best = torch.gather(by_pos, -1, by_score[..., :k])
@@ -97,7 +98,8 @@ def chunk_candidates(scores, valid, window, per_chunk):
     pad = nchunks * window - seqlen
     s = scores.float().masked_fill(~valid, float("-inf"))
     s = torch.nn.functional.pad(s, (0, pad), value=float("-inf")).reshape(batch, nchunks, window)
-    pos = torch.arange(nchunks * window, device=scores.device).reshape(1, nchunks, window).expand(batch, -1, -1)
+    pos = torch.arange(nchunks * window, device=scores.device).reshape(1, nchunks, window)
+    pos = pos.expand(batch, -1, -1)
     cand_scores, cand_pos, _, _ = take_best(s, pos, per_chunk)
     return cand_scores, cand_pos
 
@@ -121,7 +123,8 @@ def eidetic_stores(cand_scores, cand_pos, capacity):
     all_s, all_p = [], []
     for c in range(nchunks):
         if c >= 2:
-            store_s, store_p, _, _ = merge_sets(store_s, store_p, cand_scores[:, c - 2], cand_pos[:, c - 2], size)
+            store_s, store_p, _, _ = merge_sets(store_s, store_p, cand_scores[:, c - 2], cand_pos[:, c - 2],
+                                                size)
         all_s.append(store_s)
         all_p.append(store_p)
     return torch.stack(all_s, dim=1), torch.stack(all_p, dim=1)
