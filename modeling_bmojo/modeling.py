@@ -216,19 +216,25 @@ class BMojoModel(BMojoPreTrainedModel):
         def restore(h):
             return h if inverse is None else torch.gather(h, 1, inverse[..., None].expand_as(h))
 
-        if order is not None:
-            hidden = torch.gather(hidden, 1, order[..., None].expand_as(hidden))
+        def justify(h):
+            return h if order is None else torch.gather(h, 1, order[..., None].expand_as(h))
+
+        all_hidden = [hidden] if output_hidden_states else None
+        hidden = justify(hidden)
         if cache is not None:
             cache.allocate(self, hidden.shape[0], hidden.shape[1], hidden.device, hidden.dtype)
             cache.start(lengths, hidden.shape[1])
-        all_hidden = [restore(hidden)] if output_hidden_states else None
         aux_terms = []
         for i, layer in enumerate(self.layers):
             hidden, aux = layer(hidden, lengths, None if cache is None else cache.states[i])
             if layer.kind == "bmojo":
                 aux_terms.append(aux)
             if output_hidden_states:
+                # The returned hidden states are in the caller's column order and on the autograd path: the
+                # next layer reads them moved back (two gathers per layer, only when they are asked for with
+                # a left-padded row), so a gradient reaches each of them (`retain_grad`), as in any HF model.
                 all_hidden.append(restore(hidden))
+                hidden = justify(all_hidden[-1])
         hidden = restore(self.norm(hidden))
         if output_hidden_states:
             all_hidden[-1] = hidden

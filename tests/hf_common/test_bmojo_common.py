@@ -134,13 +134,6 @@ class BMojoModelTest(common.ModelTesterMixin, unittest.TestCase):
                           "sdist; generate() is covered by tests/test_generation.py")
         super().test_generation_tester_mixin_inheritance()
 
-    @unittest.expectedFailure
-    def test_retain_grad_hidden_states_attentions(self):
-        # Known gap, not a design limit: with a left-padded row, the parallel form runs on the rows with
-        # their padding moved to the end and returns hidden states scattered back into the caller's order:
-        # copies beside the autograd path, so they receive no gradient. The fix belongs to the parallel form.
-        super().test_retain_grad_hidden_states_attentions()
-
 
 class BMojoAttentionLayersModelTest(BMojoModelTest):
     """The same suite over the two plain attention mixers (sliding window, full)."""
