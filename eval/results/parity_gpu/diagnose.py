@@ -31,15 +31,22 @@ def main():
     p.add_argument("--embed-decay", type=float, default=None, help="weight decay of embeddings/head only")
     p.add_argument("--one-cycle", action="store_true", help="torch OneCycleLR (pct_start 0.3) instead")
     p.add_argument("--num-train", type=int, default=20_000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--blank-answers", action="store_true",
+                   help="replace each queried value in the input by the filler (Zoology's layout: the query "
+                        "region holds the keys only), in train and test")
     p.add_argument("--every", type=int, default=100)
     p.add_argument("--json", default=None)
     a = p.parse_args()
     torch.set_num_threads(1)
 
-    setting = parity.replace(parity.ParitySetting(), num_train=a.num_train)
+    setting = parity.replace(parity.ParitySetting(), num_train=a.num_train, batch_size=a.batch_size)
     task = mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len, num_pairs=setting.num_pairs,
                          num_train=setting.num_train, num_test=setting.num_test, seed=a.seed)
     train_data, test_data = mqar.make_splits(task)
+    if a.blank_answers:
+        for split in (train_data, test_data):  # labels[t] = v marks the answer's own input position t
+            split["input_ids"] = split["input_ids"].masked_fill(split["labels"] != -100, mqar.FILLER)
     test_small = {k: v[:500] for k, v in test_data.items()}
     torch.manual_seed(a.seed)
     model, _ = parity.build_model(a.row, setting)
