@@ -12,15 +12,24 @@ The setting (`ParitySetting`; the issue's): 2 layers, width 64, 2 attention head
 with heads of 32 (expand 2: 4 SSM heads), window 16, sequences of 64 tokens holding 8 key-value pairs,
 256 token ids; AdamW with warmup then cosine decay (`mqar.train`) at lr 1e-3, batch 64, 3,000 steps,
 bf16 autocast on CUDA (float32 on CPU); accuracy on unseen test sequences (`mqar.evaluate`).
+`--lrs` sweeps the learning rate as Zoology does (one job per (row, lr, seed); each row is reported at
+the lr of its best mean accuracy); `--batch-size` / `--num-train` / `--steps` change the training budget.
+
+The plateau: before MQAR's key-value association is learned, training sits at the accuracy of a model
+that answers with a uniformly chosen value whose key has not been queried yet (our sequences show the
+earlier answers), H_n / n for n pairs (`plateau_accuracy`: 0.340 for 8 pairs). The markdown marks every
+row whose mean accuracy is within 0.03 of it; at issue 12's recipe (batch 64, 3,000 steps) every row
+sat there on an H200, HF Llama included (eval/results/parity_gpu/DIAGNOSIS.md).
 
 The HF rows keep transformers' own defaults for everything but size (Llama: untied embeddings, RMSNorm
 eps 1e-6; Mamba2: untied, initializer_range 0.1, out_proj Kaiming-uniform, A_h = h + 1, no MLP), since
 those defaults are what the comparison is about; `pad_token_id` is None so that MQAR's filler id 0 is
 an ordinary token for every model (Llama would otherwise freeze its embedding as padding).
 
-    python -m bmojo.eval.parity --device cuda --workers 14 --out parity_results
-writes `parity.json` (every job, the setting, the command, device and date) and `parity.md` (mean, min
-and max accuracy over the seeds per row, and each seed's value), rewritten after every finished job.
+    python -m bmojo.eval.parity --device cuda --workers 16 --lrs 1e-3,3e-3 --out parity_results
+writes `parity.json` (every job with its lr, the setting, the command, device and date) and `parity.md`
+(per row: the best lr, mean, min and max accuracy over the seeds at it, each seed's value, the plateau
+flag; with a sweep, a table of every lr), rewritten after every finished job.
 """
 
 import argparse
@@ -28,6 +37,7 @@ import datetime
 import functools
 import importlib.util
 import json
+import math
 import os
 import platform
 import shlex
@@ -38,7 +48,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from . import mqar
+from . import mqar, sweep
 
 # row name -> (source, family or HF model, overrides of our config). Our families start from the tiny
 # preset of the family resized to the setting (`our_config`); each override is one departure from it.
@@ -170,8 +180,8 @@ def build_model(row, setting):
 
 def run_job(row, seed, setting, device="cpu"):
     """Trains and evaluates one (row, seed); returns its result dict. Never raises: an error is recorded."""
-    result = dict(row=row, seed=seed, accuracy=None, final_loss=None, params=None, train_seconds=None,
-                  error=None)
+    result = dict(row=row, seed=seed, lr=setting.lr, accuracy=None, final_loss=None, params=None,
+                  train_seconds=None, error=None)
     start = time.time()
     try:
         task = mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len,
@@ -223,24 +233,66 @@ def _environment(device):
                 precision="bf16 autocast" if torch.device(device).type == "cuda" else "float32")
 
 
-def summarize(results, rows):
-    """Per row: accuracies by seed, mean / min / max over the seeds that finished, and the errors."""
+def plateau_accuracy(setting):
+    """Accuracy of a model that has learned only "answer with a value whose key has not been queried yet":
+    the plateau MQAR training sits on before the key-value association is learned. With N pairs and Q
+    queries, the i-th query (i = 0..Q-1) has N - i unqueried values left, guessed uniformly:
+    (1/Q) sum_i 1/(N - i), which is H_N / N when every pair is queried (0.340 for 8 pairs)."""
+    task = mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len, num_pairs=setting.num_pairs,
+                         num_train=1, num_test=1)
+    n, q = task.num_pairs, task.num_queries
+    return sum(1.0 / (n - i) for i in range(q)) / q
+
+
+PLATEAU_TOLERANCE = 0.03  # a mean accuracy this close to `plateau_accuracy` is reported as the plateau
+
+
+def _mean(values):
+    return sum(values) / len(values) if values else None
+
+
+def _seed_stats(jobs):
+    """Accuracy per seed, mean / min / max over the finished seeds, mean final loss and train seconds."""
+    jobs = sorted(jobs, key=lambda r: r["seed"])
+    acc = [r["accuracy"] for r in jobs if r["accuracy"] is not None]
+    return dict(per_seed={r["seed"]: r["accuracy"] for r in jobs}, seeds_done=len(acc), mean=_mean(acc),
+                min=min(acc, default=None), max=max(acc, default=None),
+                final_loss_mean=_mean([r["final_loss"] for r in jobs if r["final_loss"] is not None]),
+                train_seconds_mean=_mean([r["train_seconds"] for r in jobs
+                                          if r["train_seconds"] is not None]))
+
+
+def _best_lr(by_lr):
+    """The learning rate with the best mean accuracy over its seeds (ties: lower mean final loss), as
+    `sweep.best_learning_rate` picks; only learning rates with the most finished seeds compete, so a
+    cut-short run does not compare one lucky seed against three. None if no job finished."""
+    most = max((stats["seeds_done"] for stats in by_lr.values()), default=0)
+    if not most:
+        return None
+    candidates = [dict(lr=lr, accuracy=stats["mean"], final_loss=stats["final_loss_mean"])
+                  for lr, stats in by_lr.items() if stats["seeds_done"] == most]
+    return sweep.best_learning_rate(candidates)
+
+
+def summarize(results, rows, lrs=None, plateau=None):
+    """Per row: the statistics over seeds at each learning rate (`by_lr`), the best learning rate, and at
+    it the accuracies by seed, mean / min / max, final loss; `plateau` says whether that mean is within
+    PLATEAU_TOLERANCE of the plateau accuracy (when given). Errors of every learning rate are listed."""
     table = []
     for row in rows:
-        mine = sorted((r for r in results if r["row"] == row), key=lambda r: r["seed"])
-        acc = [r["accuracy"] for r in mine if r["accuracy"] is not None]
-
-        def mean(values):
-            return sum(values) / len(values) if values else None
-
-        losses = [r["final_loss"] for r in mine if r["final_loss"] is not None]
-        seconds = [r["train_seconds"] for r in mine if r["train_seconds"] is not None]
+        mine = [r for r in results if r["row"] == row]
+        row_lrs = list(lrs) if lrs else sorted({r["lr"] for r in mine})
+        by_lr = {lr: _seed_stats([r for r in mine if r["lr"] == lr]) for lr in row_lrs}
+        best = _best_lr(by_lr)
+        at_best = by_lr[best] if best is not None else _seed_stats([])
+        mean = at_best["mean"]
         table.append(dict(row=row, params=next((r["params"] for r in mine if r["params"]), None),
-                          per_seed={r["seed"]: r["accuracy"] for r in mine}, seeds_done=len(acc),
-                          mean=mean(acc), min=min(acc, default=None), max=max(acc, default=None),
-                          final_loss_mean=mean(losses), train_seconds_mean=mean(seconds),
-                          errors=[f"seed {r['seed']}: {r['error'].splitlines()[0]}"
-                                  for r in mine if r["error"]]))
+                          best_lr=best, **at_best,
+                          plateau=None if plateau is None or mean is None
+                          else abs(mean - plateau) <= PLATEAU_TOLERANCE,
+                          by_lr={format(lr, "g"): stats for lr, stats in by_lr.items()},
+                          errors=[f"lr {r['lr']:g} seed {r['seed']}: {r['error'].splitlines()[0]}"
+                                  for r in sorted(mine, key=lambda r: (r["lr"], r["seed"])) if r["error"]]))
     return table
 
 
@@ -250,7 +302,11 @@ def _fmt(value, spec=".3f"):
 
 def markdown(summary, meta):
     s, env = meta["setting"], meta["environment"]
+    lrs, plateau = meta["lrs"], meta["plateau_accuracy"]
     mamba_ssm = "installed" if env["mamba_ssm_installed"] else "not installed (HF torch path)"
+    lr_text = f"lr {lrs[0]:g}" if len(lrs) == 1 else (
+        f"lr swept over {', '.join(format(lr, 'g') for lr in lrs)} (per row the best mean accuracy over the "
+        "seeds, ties to the lower mean final loss; the table shows the seeds at that lr)")
     lines = [f"# MQAR parity ({meta['date']})", "",
              f"`{meta['command']}`", "",
              f"Device: {env['device']}; {env['precision']}; torch {env['torch']}, transformers "
@@ -258,20 +314,42 @@ def markdown(summary, meta):
              f"Setting: {s['num_layers']} layers, width {s['hidden_size']}, {s['num_heads']} heads of "
              f"{s['head_dim']}, SSM state {s['ssm_state_size']} heads of {s['ssm_head_dim']}, window "
              f"{s['window_size']}, M_e {s['eidetic_capacity']}; {s['num_pairs']} pairs in {s['seq_len']} "
-             f"tokens, vocab {s['vocab_size']}, {s['num_train']} train / {s['num_test']} test sequences; lr "
-             f"{s['lr']:g}, batch {s['batch_size']}, {s['steps']} steps. Seeds: {meta['seeds']}.", "",
-             "| row | params | mean | min | max | per seed | final loss | train s | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"tokens, vocab {s['vocab_size']}, {s['num_train']} train / {s['num_test']} test sequences; "
+             f"{lr_text}; AdamW, warmup {s['warmup']} then cosine, weight decay {s['weight_decay']:g}, batch "
+             f"{s['batch_size']}, {s['steps']} steps. Seeds: {meta['seeds']}.", "",
+             f"Plateau: a model that answers only with values whose key has not been queried yet (it has not "
+             f"learned the key-value association) scores {plateau:.3f} (H_n/n for n = {s['num_pairs']} "
+             f"pairs). A row whose mean is within {PLATEAU_TOLERANCE} of it is marked **plateau**: it did "
+             "not learn recall, whatever its accuracy above chance.", "",
+             "| row | params | lr | mean | min | max | per seed | final loss | train s | plateau | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         per_seed = " / ".join(f"{seed}: {_fmt(acc)}" for seed, acc in r["per_seed"].items()) or "-"
-        lines.append(f"| {r['row']} | {r['params'] or '-'} | {_fmt(r['mean'])} | {_fmt(r['min'])} | "
-                     f"{_fmt(r['max'])} | {per_seed} | {_fmt(r['final_loss_mean'])} | "
-                     f"{_fmt(r['train_seconds_mean'], '.0f')} | {'; '.join(r['errors']) or ''} |")
+        seeds_at = sum(acc is not None and abs(acc - plateau) <= PLATEAU_TOLERANCE
+                       for acc in r["per_seed"].values())
+        flag = "" if r["plateau"] is None else (
+            f"**plateau** ({seeds_at}/{r['seeds_done']} seeds)" if r["plateau"] else
+            f"no ({seeds_at}/{r['seeds_done']} seeds at it)" if seeds_at else "no")
+        lines.append(f"| {r['row']} | {r['params'] or '-'} | {_fmt(r['best_lr'], 'g')} | {_fmt(r['mean'])} | "
+                     f"{_fmt(r['min'])} | {_fmt(r['max'])} | {per_seed} | {_fmt(r['final_loss_mean'])} | "
+                     f"{_fmt(r['train_seconds_mean'], '.0f')} | {flag} | {'; '.join(r['errors']) or ''} |")
+    if len(lrs) > 1:
+        head = " | ".join(f"lr {lr:g}" for lr in lrs)
+        lines += ["", "Learning-rate sweep: mean accuracy over the seeds (seeds done) and mean final loss.",
+                  "",
+                  f"| row | {head} |", "|---|" + "---|" * len(lrs)]
+        for r in summary:
+            cells = []
+            for lr in lrs:
+                st = r["by_lr"][format(lr, "g")]
+                cells.append(f"{_fmt(st['mean'])} ({st['seeds_done']}) "
+                             f"loss {_fmt(st['final_loss_mean'], '.2f')}")
+            lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_results(out_dir, results, rows, meta):
-    summary = summarize(results, rows)
+    summary = summarize(results, rows, meta["lrs"], meta["plateau_accuracy"])
     with open(os.path.join(out_dir, "parity.json"), "w") as f:
         json.dump(dict(meta, summary=summary, jobs=results), f, indent=1, default=str)
     with open(os.path.join(out_dir, "parity.md"), "w") as f:
@@ -286,35 +364,55 @@ def job_devices(device, count):
     return [f"cuda:{i % gpus}" if gpus > 1 else device for i in range(count)]
 
 
+def _without_lr(setting_dict):
+    return {k: v for k, v in setting_dict.items() if k != "lr"}
+
+
 def load_finished(path, setting):
-    """{(row, seed): job} of the jobs in an earlier parity.json that finished without error, if that run
-    had the same setting; a ValueError otherwise (mixing settings would average different experiments)."""
+    """{(row, lr, seed): job} of the jobs in an earlier parity.json that finished without error, if that
+    run had the same setting apart from the learning rate (each job records its own; a job of a file
+    written before the sweep has the file's lr); a ValueError otherwise (mixing settings would average
+    different experiments)."""
     with open(path) as f:
         earlier = json.load(f)
-    if earlier.get("setting") != asdict(setting):
+    if _without_lr(earlier.get("setting") or {}) != _without_lr(asdict(setting)):
         raise ValueError(f"resume file {path} has setting {earlier.get('setting')}, this run "
                          f"{asdict(setting)}: only a run of the same setting can be resumed")
-    return {(j["row"], j["seed"]): j for j in earlier["jobs"] if j["error"] is None}
+    jobs = [dict(j, lr=j.get("lr", earlier["setting"]["lr"])) for j in earlier["jobs"] if j["error"] is None]
+    return {(j["row"], j["lr"], j["seed"]): j for j in jobs}
+
+
+def check_lrs(lrs):
+    lrs = tuple(lrs)
+    if not lrs or len(set(lrs)) != len(lrs) or any(
+            isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0
+            for lr in lrs):
+        raise ValueError(f"lrs must be distinct finite numbers > 0 (at least one), got {lrs!r}")
+    return lrs
 
 
 def run_parity(rows=tuple(ROWS), seeds=(0, 1, 2), setting=None, device="cpu", workers=1, out_dir="parity",
-               command=None, time_limit=None, log=None, resume=None):
-    """Runs every (row, seed) job and writes `parity.json` and `parity.md` under `out_dir` after each
-    finished one. Jobs run seed by seed (every row at seed 0 first), so a cut-short run still has
+               command=None, time_limit=None, log=None, resume=None, lrs=None):
+    """Runs every (row, lr, seed) job and writes `parity.json` and `parity.md` under `out_dir` after each
+    finished one. `lrs`: the learning rates swept (default: the setting's one); each row is reported at
+    its best. Jobs run seed by seed (every row and lr at seed 0 first), so a cut-short run still has
     whole seeds. `time_limit` (seconds): jobs not started by then are recorded as skipped. `resume`: an
     earlier parity.json of the same setting whose finished jobs are kept instead of run again. Returns
     the per-row summary."""
     rows, seeds = check_rows(rows), check_seeds(seeds)
     log = log or functools.partial(print, flush=True)
     setting = setting or ParitySetting()
+    lrs = check_lrs(lrs or (setting.lr,))
     os.makedirs(out_dir, exist_ok=True)
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta = dict(command=command or "run_parity(...)", date=date,
-                environment=_environment(device), setting=asdict(setting), rows=list(rows), seeds=list(seeds),
-                workers=workers, resumed_from=resume, row_definitions={r: list(ROWS[r]) for r in rows})
+                environment=_environment(device), setting=asdict(setting), lrs=list(lrs), rows=list(rows),
+                seeds=list(seeds), plateau_accuracy=plateau_accuracy(setting), workers=workers,
+                resumed_from=resume, row_definitions={r: list(ROWS[r]) for r in rows})
     finished = load_finished(resume, setting) if resume else {}
-    results = [finished[(row, seed)] for seed in seeds for row in rows if (row, seed) in finished]
-    jobs = [(row, seed) for seed in seeds for row in rows if (row, seed) not in finished]
+    order = [(row, lr, seed) for seed in seeds for lr in lrs for row in rows]
+    results = [finished[key] for key in order if key in finished]
+    jobs = [key for key in order if key not in finished]
     if results:
         log(f"resumed {len(results)} finished job(s) from {resume}; {len(jobs)} to run")
     devices, start, resumed = job_devices(device, len(jobs)), time.time(), len(results)
@@ -326,20 +424,20 @@ def run_parity(rows=tuple(ROWS), seeds=(0, 1, 2), setting=None, device="cpu", wo
         error = (result["error"] or "").splitlines()[:1]
         what = (error[0] if error[0].startswith("skipped") else "ERROR " + error[0]) if error else (
             f"acc {result['accuracy']:.3f} loss {result['final_loss']:.3f}")
-        log(f"[{done:>3}/{len(jobs)}] {result['row']:>22} seed {result['seed']}: {what} "
-            f"({result['seconds']:.0f} s) | elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
+        log(f"[{done:>3}/{len(jobs)}] {result['row']:>22} lr {result['lr']:<6g} seed {result['seed']}: "
+            f"{what} ({result['seconds']:.0f} s) | elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
         write_results(out_dir, results, rows, meta)
 
-    def skipped(row, seed, why):
-        return dict(row=row, seed=seed, accuracy=None, final_loss=None, params=None, train_seconds=None,
-                    error=why, seconds=0.0)
+    def skipped(row, lr, seed, why):
+        return dict(row=row, seed=seed, lr=lr, accuracy=None, final_loss=None, params=None,
+                    train_seconds=None, error=why, seconds=0.0)
 
     deadline = None if time_limit is None else start + time_limit
     if workers <= 1:
-        for (row, seed), dev in zip(jobs, devices):
+        for (row, lr, seed), dev in zip(jobs, devices):
             late = deadline is not None and time.time() > deadline
-            record(skipped(row, seed, f"skipped: time limit {time_limit} s") if late
-                   else run_job(row, seed, setting, dev))
+            record(skipped(row, lr, seed, f"skipped: time limit {time_limit} s") if late
+                   else run_job(row, seed, replace(setting, lr=lr), dev))
     else:
         _run_pool(jobs, devices, setting, workers, deadline, record, skipped)
     summary = write_results(out_dir, results, rows, meta)
@@ -354,8 +452,8 @@ def _run_pool(jobs, devices, setting, workers, deadline, record, skipped):
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=mqar._worker_init) as pool:
-        pending = {pool.submit(run_job, row, seed, setting, dev): (row, seed)
-                   for (row, seed), dev in zip(jobs, devices)}
+        pending = {pool.submit(run_job, row, seed, replace(setting, lr=lr), dev): (row, lr, seed)
+                   for (row, lr, seed), dev in zip(jobs, devices)}
         while pending:
             timeout = None if deadline is None else max(0.0, deadline - time.time())
             done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
@@ -366,11 +464,11 @@ def _run_pool(jobs, devices, setting, workers, deadline, record, skipped):
                 deadline = None
                 continue
             for future in done:
-                row, seed = pending.pop(future)
+                row, lr, seed = pending.pop(future)
                 try:
                     record(future.result())
                 except Exception as err:  # the worker process died (e.g. killed for memory)
-                    record(skipped(row, seed, f"worker failed: {type(err).__name__}: {err}"))
+                    record(skipped(row, lr, seed, f"worker failed: {type(err).__name__}: {err}"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,6 +480,10 @@ def _ints(text):
     return tuple(int(x) for x in text.split(",") if x)
 
 
+def _floats(text):
+    return tuple(float(x) for x in text.split(",") if x)
+
+
 def build_parser():
     defaults = ParitySetting()
     p = argparse.ArgumentParser(
@@ -391,7 +493,13 @@ def build_parser():
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated, among: " + ",".join(ROWS))
     p.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="comma-separated (default 0,1,2)")
     p.add_argument("--steps", type=int, default=defaults.steps)
-    p.add_argument("--lr", type=float, default=defaults.lr)
+    lr = p.add_mutually_exclusive_group()
+    lr.add_argument("--lr", type=float, default=defaults.lr,
+                    help=f"one learning rate (default {defaults.lr:g})")
+    lr.add_argument("--lrs", type=_floats, default=None,
+                    help="comma-separated learning rates to sweep (Zoology's protocol): every (row, lr, "
+                         "seed) is one job and each row is reported at the lr of its best mean accuracy")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--num-train", type=int, default=defaults.num_train, help="training sequences per seed")
     p.add_argument("--num-test", type=int, default=defaults.num_test, help="test sequences per seed")
     p.add_argument("--device", default="cpu",
@@ -410,14 +518,16 @@ def main(argv=None):
     ns = build_parser().parse_args(argv)
     try:
         rows = check_rows(r for r in ns.rows.split(",") if r)
-        setting = replace(ParitySetting(), steps=ns.steps, lr=ns.lr, num_train=ns.num_train,
-                          num_test=ns.num_test)
-        mqar.TrainArgs(steps=setting.steps, lr=setting.lr)  # bad --steps / --lr fail here, before any job
+        lrs = check_lrs(ns.lrs if ns.lrs is not None else (ns.lr,))
+        setting = replace(ParitySetting(), steps=ns.steps, lr=lrs[0], batch_size=ns.batch_size,
+                          num_train=ns.num_train, num_test=ns.num_test)
+        # bad --steps / --batch-size fail here, before any job
+        mqar.TrainArgs(steps=setting.steps, lr=setting.lr, batch_size=setting.batch_size)
         mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len, num_pairs=setting.num_pairs,
                       num_train=setting.num_train, num_test=setting.num_test)
         command = "python -m bmojo.eval.parity " + shlex.join(argv)
         summary = run_parity(rows, ns.seeds, setting, ns.device, ns.workers, ns.out, command, ns.time_limit,
-                             resume=ns.resume)
+                             resume=ns.resume, lrs=lrs)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

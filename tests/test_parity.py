@@ -27,7 +27,7 @@ def test_two_rows_one_seed_write_json_and_markdown(tmp_path, capsys):
     assert jobs["hf-llama"]["config"]["class"] == "LlamaForCausalLM"
     assert all(j["error"] is None and j["final_loss"] > 0 for j in out["jobs"])
     md = (tmp_path / "parity.md").read_text()
-    assert out["command"] in md and "| row | params | mean | min | max | per seed |" in md
+    assert out["command"] in md and "| row | params | lr | mean | min | max | per seed |" in md
     assert md.count("\n| hf-llama |") == 1 and md.count("\n| mamba2-hf-like |") == 1
     printed = capsys.readouterr().out
     assert "[  1/2]" in printed and "[  2/2]" in printed and "ETA" in printed
@@ -92,3 +92,81 @@ def test_resume_keeps_finished_jobs_and_runs_only_the_rest(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="same setting"):
         parity.run_parity(["hf-llama"], (0,), parity.replace(setting, steps=3), out_dir=str(tmp_path / "3rd"),
                           resume=str(first / "parity.json"))
+
+
+def test_plateau_accuracy_is_the_harmonic_mean_of_the_unqueried_values():
+    # Guessing among the values not yet queried: query i of N has N - i left, so H_N / N on average.
+    assert parity.plateau_accuracy(parity.ParitySetting()) == pytest.approx(
+        sum(1 / m for m in range(1, 9)) / 8)
+    assert parity.plateau_accuracy(parity.replace(parity.ParitySetting(), num_pairs=4)) == pytest.approx(
+        (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+
+
+def _fake_job(accuracy_of):
+    """run_job stand-in: accuracy_of(row, lr, seed) -> accuracy; the loss falls with the accuracy."""
+    def job(row, seed, setting, device="cpu"):
+        acc = accuracy_of(row, setting.lr, seed)
+        return dict(row=row, seed=seed, lr=setting.lr, accuracy=acc, final_loss=2.0 - acc, params=10,
+                    train_seconds=1.0, error=None, seconds=1.0)
+    return job
+
+
+def test_lr_sweep_reports_each_row_at_its_best_mean_lr_and_flags_the_plateau(tmp_path, monkeypatch):
+    plateau = parity.plateau_accuracy(parity.ParitySetting())
+
+    def accuracy(row, lr, seed):
+        if row == "hf-llama":  # learns at 3e-3 (one seed fails), best single seed at 1e-2
+            return {1e-3: plateau, 3e-3: (1.0, 0.5, 1.0)[seed], 1e-2: (1.0, 0.0, 0.0)[seed]}[lr]
+        return plateau + 0.01 * seed  # never leaves the plateau
+
+    ran = []
+    job = _fake_job(accuracy)
+    monkeypatch.setattr(parity, "run_job", lambda row, seed, s, d="cpu": ran.append((row, s.lr, seed))
+                        or job(row, seed, s, d))
+    summary = parity.run_parity(["hf-llama", "mamba2"], (0, 1, 2), out_dir=str(tmp_path), log=lambda *a: None,
+                                lrs=(1e-3, 3e-3, 1e-2))
+    assert len(ran) == 18  # seed-major: every lr and row at seed 0 first
+    assert ran[:6] == [(r, lr, 0) for lr in (1e-3, 3e-3, 1e-2) for r in ("hf-llama", "mamba2")]
+    llama, mamba = summary
+    assert llama["best_lr"] == 3e-3 and llama["per_seed"] == {0: 1.0, 1: 0.5, 2: 1.0}
+    assert llama["mean"] == pytest.approx(2.5 / 3) and llama["plateau"] is False
+    assert llama["by_lr"]["0.01"]["mean"] == pytest.approx(1 / 3)
+    assert llama["by_lr"]["0.001"]["seeds_done"] == 3
+    assert mamba["plateau"] is True
+    out = json.loads((tmp_path / "parity.json").read_text())
+    assert out["lrs"] == [1e-3, 3e-3, 1e-2] and out["plateau_accuracy"] == pytest.approx(plateau)
+    assert {j["lr"] for j in out["jobs"]} == {1e-3, 3e-3, 1e-2}
+    md = (tmp_path / "parity.md").read_text()
+    assert "lr swept over 0.001, 0.003, 0.01" in md and f"scores {plateau:.3f}" in md
+    assert "| hf-llama | 10 | 0.003 | 0.833 | 0.500 | 1.000 |" in md
+    assert "| mamba2 | 10 | 0.001 | 0.350 |" in md and "**plateau** (3/3 seeds)" in md  # exact tie: 1st lr
+    assert "| hf-llama | 0.340 (3) loss 1.66 | 0.833 (3) loss 1.17 | 0.333 (3) loss 1.67 |" in md
+
+
+def test_lr_sweep_on_the_command_line_and_bad_learning_rates(tmp_path, capsys):
+    argv = ["--rows", "hf-llama", "--seeds", "0", "--lrs", "1e-3,3e-3", *TINY, "--out", str(tmp_path)]
+    assert parity.main(argv) == 0
+    out = json.loads((tmp_path / "parity.json").read_text())
+    assert sorted(j["lr"] for j in out["jobs"]) == [1e-3, 3e-3]
+    assert all(j["error"] is None for j in out["jobs"])
+    row = out["summary"][0]
+    assert row["best_lr"] in (1e-3, 3e-3) and set(row["by_lr"]) == {"0.001", "0.003"}
+    assert "lr 0.003" in capsys.readouterr().out
+    assert parity.main(["--rows", "hf-llama", "--lrs", "1e-3,0"]) == 2
+    assert "lrs must be distinct finite numbers > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one learning rate or a sweep, not both
+        parity.main(["--lr", "1e-3", "--lrs", "1e-3,3e-3"])
+
+
+def test_resume_into_a_sweep_runs_only_the_new_learning_rates(tmp_path, monkeypatch):
+    setting = parity.ParitySetting(steps=2, num_train=64, num_test=16)
+    monkeypatch.setattr(parity, "run_job", _fake_job(lambda row, lr, seed: 0.5))
+    parity.run_parity(["hf-llama"], (0,), setting, out_dir=str(tmp_path / "first"), log=lambda *a: None)
+    ran = []
+    monkeypatch.setattr(parity, "run_job", lambda row, seed, s, d="cpu": ran.append(s.lr)
+                        or _fake_job(lambda *a: 0.9)(row, seed, s, d))
+    summary = parity.run_parity(["hf-llama"], (0,), setting, out_dir=str(tmp_path / "2nd"),
+                                log=lambda *a: None, resume=str(tmp_path / "first" / "parity.json"),
+                                lrs=(setting.lr, 1e-2))
+    assert ran == [1e-2] and summary[0]["best_lr"] == 1e-2
+    assert summary[0]["by_lr"][format(setting.lr, "g")]["mean"] == 0.5
