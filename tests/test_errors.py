@@ -63,6 +63,7 @@ BAD_CONFIG_VALUES = [
     ("use_kernels", "yes", "use_kernels"),
     ("use_kernels", 1, "use_kernels"),
     ("use_cache", "no", "use_cache"),
+    ("ssm_a_init", "log-uniform", "ssm_a_init"),
 ]
 
 
