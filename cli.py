@@ -33,7 +33,8 @@ DEMO_GENERATE = 8  # unseen prompts answered through generate()
 
 
 def _demo_parser(sub):
-    p = sub.add_parser("demo", help="train a tiny B'MOJO and a sliding-window baseline on MQAR; save, reload, generate",
+    p = sub.add_parser("demo", help="train a tiny B'MOJO and a sliding-window baseline on MQAR; "
+                                    "save, reload, generate",
                        description=__doc__)
     p.add_argument("--steps", type=int, default=None,
                    help=f"training steps per model (default {DEMO_STEPS}; "
