@@ -15,8 +15,9 @@ Layout of one sequence of `seq_len` tokens (our own realization of the Zoology t
   K = (vocab_size - 1) // 2, so a key can never be mistaken for a value;
 - keys are distinct within a sequence, and so are values;
 - `num_queries` distinct pairs (default: all of them) are asked once each, in random slots of the
-  query region. Zoology draws query distances from a power law; we draw slots uniformly (simpler,
-  and every distance is exercised);
+  query region, which starts `gap` filler tokens after the last pair (default 0: right after it;
+  a gap longer than a model's window puts the pairs out of its sight). Zoology draws query
+  distances from a power law; we draw slots uniformly (simpler, and every distance is exercised);
 - labels follow the Hugging Face convention (the model shifts them): `labels[t] = v` at the
   position of each queried value, -100 elsewhere.
 
@@ -53,9 +54,10 @@ class MQARTask:
 
     Args:
         vocab_size: token ids used, 0 (filler) to vocab_size - 1; default 8192 as in Zoology.
-        seq_len: tokens per sequence, 64 to 2048; must hold 2 * num_pairs + 2 * num_queries.
+        seq_len: tokens per sequence, 64 to 2048; must hold 2 * num_pairs + gap + 2 * num_queries.
         num_pairs: key-value pairs per sequence, 4 to 256.
         num_queries: keys asked per sequence, 1 to num_pairs (None: num_pairs).
+        gap: filler tokens between the last pair and the query region, >= 0 (default 0).
         num_train, num_test: sequences per split.
         seed: the split seeds are 2*seed (train) and 2*seed + 1 (test).
     """
@@ -64,6 +66,7 @@ class MQARTask:
     seq_len: int = 256
     num_pairs: int = 16
     num_queries: int | None = None
+    gap: int = 0
     num_train: int = 20_000
     num_test: int = 1_000
     seed: int = 0
@@ -74,10 +77,11 @@ class MQARTask:
         if self.num_queries is None:
             object.__setattr__(self, "num_queries", self.num_pairs)
         _check_int("num_queries", self.num_queries, 1, self.num_pairs)
-        needed = 2 * self.num_pairs + 2 * self.num_queries
+        _check_int("gap", self.gap, 0)
+        needed = 2 * self.num_pairs + self.gap + 2 * self.num_queries
         if self.seq_len < needed:
-            raise ValueError(f"MQARTask.seq_len must be >= 2 * num_pairs + 2 * num_queries = {needed} "
-                             f"(num_pairs={self.num_pairs}, num_queries={self.num_queries}), "
+            raise ValueError(f"MQARTask.seq_len must be >= 2 * num_pairs + gap + 2 * num_queries = {needed} "
+                             f"(num_pairs={self.num_pairs}, gap={self.gap}, num_queries={self.num_queries}), "
                              f"got {self.seq_len}")
         _check_int("vocab_size", self.vocab_size, 2 * self.num_pairs + 1)
         _check_int("num_train", self.num_train, 1)
@@ -106,11 +110,12 @@ def _generate_block(task, n, gen):
     keys = 1 + _distinct(n, k, pairs, gen)  # (n, N)
     values = 1 + k + _distinct(n, k, pairs, gen)  # (n, N)
     asked = _distinct(n, pairs, queries, gen)  # (n, Q): which pairs are queried
-    slots = _distinct(n, (task.seq_len - 2 * pairs) // 2, queries, gen)  # (n, Q): where
+    start = 2 * pairs + task.gap  # the query region's first position
+    slots = _distinct(n, (task.seq_len - start) // 2, queries, gen)  # (n, Q): where
     ids = torch.full((n, task.seq_len), FILLER, dtype=torch.long)
     labels = torch.full_like(ids, -100)
     ids[:, 0:2 * pairs:2], ids[:, 1:2 * pairs:2] = keys, values
-    pos = 2 * pairs + 2 * slots  # (n, Q): position of each query key
+    pos = start + 2 * slots  # (n, Q): position of each query key
     asked_values = values.gather(1, asked)
     ids.scatter_(1, pos, keys.gather(1, asked))
     ids.scatter_(1, pos + 1, asked_values)
@@ -176,15 +181,16 @@ class TrainArgs:
             raise ValueError(f"TrainArgs.bf16 must be True or False, got {self.bf16!r}")
 
 
-def _progress(iterable, enabled, desc):
-    """tqdm when it is installed and wanted; the bare iterable otherwise."""
+def _progress(iterable, enabled, desc, total=None):
+    """tqdm when it is installed and wanted (`total` gives it a length, so it shows an ETA); the bare
+    iterable otherwise."""
     if not enabled:
         return iterable
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return iterable
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
 def _lr_factor(step, args):
@@ -220,7 +226,7 @@ def train(model, data, args=None, desc="mqar"):
     model.train()
     device = next(model.parameters()).device
     losses = []
-    bar = _progress(_batches(data["input_ids"].shape[0], args), args.progress, desc)
+    bar = _progress(_batches(data["input_ids"].shape[0], args), args.progress, desc, total=args.steps)
     for idx in bar:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             out = model(input_ids=data["input_ids"][idx].to(device), labels=data["labels"][idx].to(device),

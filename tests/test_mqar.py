@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import replace
 
@@ -29,7 +30,7 @@ def _check_row(task, ids, labels):
     asked = []
     for p in answer_pos:
         key, value = int(ids[p - 1]), int(ids[p])
-        assert p - 1 >= 2 * pairs, "queries come after the key-value pairs"
+        assert p - 1 >= 2 * pairs + task.gap, "queries come after the key-value pairs and the gap"
         assert key in keys, "a queried key appears earlier in the sequence"
         assert value == int(labels[p]) == values[keys.index(key)], "the label is the queried key's value"
         asked.append(key)
@@ -41,7 +42,7 @@ def _check_row(task, ids, labels):
 
 
 @pytest.mark.parametrize("kw", [{}, dict(num_queries=3), dict(num_pairs=16, vocab_size=33),
-                                dict(seq_len=100)])
+                                dict(seq_len=100), dict(gap=40, num_pairs=4), dict(gap=31, num_pairs=4)])
 def test_generator_well_formed(kw):
     task = _task(**kw)
     train, test = mqar.make_splits(task)
@@ -50,6 +51,23 @@ def test_generator_well_formed(kw):
     for split in (train, test):
         for ids, labels in zip(split["input_ids"][:32], split["labels"][:32]):
             _check_row(task, ids, labels)
+
+
+def test_gap_leaves_filler_between_pairs_and_queries():
+    """With a gap, the first `gap` tokens after the pairs are filler in every row, and some query uses the
+    first slot after them (the region starts there, not later)."""
+    task = _task(num_pairs=4, gap=40, num_train=64)
+    ids = mqar.make_splits(task)[0]["input_ids"]
+    assert bool((ids[:, 8:48] == mqar.FILLER).all())
+    assert bool((ids[:, 48] != mqar.FILLER).any())
+
+
+def test_progress_bar_has_a_total():
+    """The training bar knows its length, so it shows an ETA."""
+    tqdm = pytest.importorskip("tqdm.auto")
+    bar = mqar._progress(iter(range(3)), True, "x", total=3)
+    assert isinstance(bar, tqdm.tqdm) and bar.total == 3
+    bar.close()
 
 
 def test_splits_disjoint_and_seeded():
@@ -83,6 +101,8 @@ def test_generate_excludes_given_rows():
     (dict(num_train=0), "num_train"),
     (dict(seed=-1), "seed"),
     (dict(seq_len=64.0), "seq_len"),
+    (dict(gap=-1), "gap"),
+    (dict(gap=33), "seq_len"),  # 16 + 33 + 16 > 64
 ])
 def test_task_validation(kw, field):
     with pytest.raises(ValueError, match=field):
@@ -182,8 +202,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert cli.main(["demo", "--steps", "3", "--seed", "1", "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "logits identical" in text
-    assert "generate()" in text
-    assert "recall accuracy" in text
+    assert "generate() on 8 unseen prompts" in text
+    # both models' accuracies on one line, then what they mean; both decoding states, equal, printed
+    assert re.search(r"recall accuracy on \d+ unseen sequences: B'MOJO [01]\.\d{3}, "
+                     r"sliding-window Transformer [01]\.\d{3}", text)
+    assert "\nmeaning: " in text
+    assert re.search(r"B'MOJO (\d+) floats .*sliding-window Transformer \1 floats", text)
     assert os.path.exists(out / "config.json")
     reloaded = bmojo.BMojoForCausalLM.from_pretrained(out)
     assert reloaded.config.model_type == "bmojo"
@@ -228,3 +252,25 @@ def test_bf16_training_steps_see_the_previous_update():
     assert abs(loss_of(untrained) - loss_of(after_one)) > 1e-3  # so a stale-weight step would be caught
     with pytest.raises(ValueError, match="TrainArgs.bf16"):
         mqar.TrainArgs(bf16="yes")
+
+
+def test_demo_baseline_cannot_see_the_pairs_and_bmojo_can():
+    """The demo's point by construction: equal decoding state, and the sliding-window baseline's logits at
+    every query are blind to the key-value pairs (its stacked windows end before them), while B'MOJO's
+    are not (its eidetic store holds them). Untrained models: this is about reach, not learning."""
+    task = mqar.MQARTask(seed=0, **{**cli.DEMO_TASK, "num_train": 4, "num_test": 4})
+    test = mqar.make_splits(task)[1]
+    ids, labels = test["input_ids"], test["labels"]
+    bmojo_config, baseline_config = cli.demo_configs()
+    assert mqar.state_floats(bmojo_config, task.seq_len) == mqar.state_floats(baseline_config, task.seq_len)
+    assert cli.baseline_reach(baseline_config) < task.gap + 1
+    changed = ids.clone()
+    keys = changed[:, 0:2 * task.num_pairs:2]
+    changed[:, 0:2 * task.num_pairs:2] = 1 + keys % task.key_range  # every pair's key replaced by another
+    query_keys = (labels != -100).roll(-1, dims=1)  # the positions that predict the values
+    for config, blind in ((baseline_config, True), (bmojo_config, False)):
+        torch.manual_seed(0)
+        model = bmojo.BMojoForCausalLM(config).eval()
+        with torch.no_grad():
+            a, b = model(ids).logits[query_keys], model(changed).logits[query_keys]
+        assert torch.equal(a, b) == blind, config.mixer_types
