@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configuration.configuration_bmojo import SSM_A_INITS
 from ..kernels.dispatch import ssd_scan, ssd_step
 from .common import RMSNorm, gated_rms_norm, gather_last
 from .state import Mamba2State, copy_rows
@@ -47,7 +48,7 @@ def ssm_init_values(config, heads):
     elif a_init == "uniform":
         a = torch.empty(heads).uniform_(1, 16)
     else:
-        raise ValueError(f"BMojoConfig.ssm_a_init must be one of ('uniform', 'arange'), got {a_init!r}")
+        raise ValueError(f"BMojoConfig.ssm_a_init must be one of {SSM_A_INITS}, got {a_init!r}")
     return dt_bias, torch.log(a), torch.ones(heads)
 
 
