@@ -32,6 +32,18 @@ DEVICE = "cuda" if CUDA else "cpu"
 NAMES = ("x", "dt", "A", "B", "C", "D", "initial_state")
 
 
+# float32 against float64: 1e-5 relative. The gradients of the per-head parameters A and D are each one
+# sum over every (batch, time, P, N) term, with cancellation, so their float32 rounding is measured against
+# a smaller norm; they get 1e-4 (a real indexing or masking bug gives errors of order 1e-1).
+TOL = 1e-5
+TOL_PER_HEAD = {"A": 1e-4, "D": 1e-4}
+
+
+def over_tolerance(errs):
+    """The (name, error) pairs over their tolerance; names are as `compare` returns them ("dA", "y", ...)."""
+    return {k: v for k, v in errs.items() if v >= TOL_PER_HEAD.get(k[1:] if k.startswith("d") else "", TOL)}
+
+
 def rel_err(x, ref):
     x, ref = x.double(), ref.double()
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
@@ -105,7 +117,7 @@ def test_interpreter_matches_definition(case):
     *shape, q = case
     cfg = {"Q": q, "bwd": (32, 4)} if shape[4] > 32 else {"Q": q}
     errs = compare(make_inputs(*shape), reference_recurrent, label=str(case), _config=cfg)
-    assert max(errs.values()) < 1e-5, errs
+    assert not over_tolerance(errs), errs
 
 
 @on_interpreter
@@ -113,7 +125,7 @@ def test_interpreter_matches_definition(case):
 def test_interpreter_matches_chunked_reference_optional_inputs(with_d, with_s0):
     args = make_inputs(2, 33, 2, 1, 16, 16, with_d=with_d, with_s0=with_s0)
     errs = compare(args, ssd_chunked_64, label=f"D={with_d} s0={with_s0}", _config={"Q": 16})
-    assert max(errs.values()) < 1e-5, errs
+    assert not over_tolerance(errs), errs
 
 
 def ssd_chunked_64(x, dt, A, B, C, **kw):
@@ -133,9 +145,8 @@ def test_interpreter_y_only_and_no_final_state():
     y_ref, _ = ssd_recurrent(ref["x"], ref["dt"], ref["A"], ref["B"], ref["C"], D=ref["D"],
                              initial_state=ref["initial_state"])
     ref_grads = torch.autograd.grad(y_ref, [ref[n] for n in NAMES], dy.double())
-    assert rel_err(y, y_ref) < 1e-5
-    for name, g, r in zip(NAMES, grads, ref_grads):
-        assert rel_err(g, r) < 1e-5, name
+    errs = {"y": rel_err(y, y_ref), **{"d" + n: rel_err(g, r) for n, g, r in zip(NAMES, grads, ref_grads)}}
+    assert not over_tolerance(errs), errs
 
 
 @pytest.mark.skipif(CUDA or INTERPRET, reason="the parent of the interpreter run, CPU only")
