@@ -11,6 +11,7 @@ from transformers import PretrainedConfig
 
 MIXER_TYPES = ("bmojo", "mamba2", "sliding_attention", "full_attention")
 SSM_A_INITS = ("uniform", "arange")  # Mamba-2 decay initialisation, see the docstring's `ssm_a_init`
+SSM_PROJ_INITS = ("normal", "fan_in")  # Mamba-2 projections' initialisation, see `ssm_proj_init`
 # transformers validates `layer_types` against its own names; these are the nearest ones.
 _HF_LAYER_TYPE = {
     "bmojo": "hybrid_sliding",
@@ -105,6 +106,12 @@ class BMojoConfig(PretrainedConfig):
         ssm_a_init (`str`, *optional*, defaults to `"uniform"`): Mamba-2 initialisation of the decay rates
             A_h (A = -exp(A_log)): `"uniform"` draws each head's A from U(1, 16) (mamba_ssm's
             `A_init_range`); `"arange"` sets A_h = h + 1 for heads h = 0..H-1, as HF `Mamba2` does.
+        ssm_proj_init (`str`, *optional*, defaults to `"normal"`): initialisation of the Mamba-2 mixer's
+            `in_proj` and `out_proj`: `"normal"` draws them from N(0, initializer_range) like every other
+            linear layer; `"fan_in"` follows mamba_ssm (Gu & Dao): U(+-1/sqrt(fan_in)) for both, `out_proj`
+            then divided by sqrt(num_hidden_layers) (GPT-2's residual scaling). The two agree near width 768;
+            at small widths `"fan_in"` is larger (0.072 std at width 64), where x, B and C, multiplied
+            together in the scan, start three times smaller under `"normal"`.
         rms_norm_eps (`float`, *optional*, defaults to 1e-5), initializer_range (`float`, defaults to 0.02).
         use_kernels (`"auto"`, `True` or `False`): Triton kernels on CUDA (`"auto"`), always, or never.
     """
@@ -140,6 +147,7 @@ class BMojoConfig(PretrainedConfig):
         dt_max=0.1,
         dt_init_floor=1e-4,
         ssm_a_init="uniform",
+        ssm_proj_init="normal",
         rms_norm_eps=1e-5,
         initializer_range=0.02,
         tie_word_embeddings=True,
@@ -182,6 +190,7 @@ class BMojoConfig(PretrainedConfig):
         self.dt_max = dt_max
         self.dt_init_floor = dt_init_floor
         self.ssm_a_init = ssm_a_init
+        self.ssm_proj_init = ssm_proj_init
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
         self.use_kernels = use_kernels
@@ -277,6 +286,9 @@ class BMojoConfig(PretrainedConfig):
             )
         if getattr(self, "ssm_a_init", "uniform") not in SSM_A_INITS:
             raise ValueError(f"BMojoConfig.ssm_a_init must be one of {SSM_A_INITS}, got {self.ssm_a_init!r}")
+        if getattr(self, "ssm_proj_init", "normal") not in SSM_PROJ_INITS:
+            raise ValueError(f"BMojoConfig.ssm_proj_init must be one of {SSM_PROJ_INITS}, "
+                             f"got {self.ssm_proj_init!r}")
         _check_float("rms_norm_eps", self.rms_norm_eps, 0.0, low_open=True)
         _check_float("initializer_range", self.initializer_range, 0.0, low_open=True)
         _check_bool("tie_word_embeddings", getattr(self, "tie_word_embeddings", True))

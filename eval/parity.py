@@ -65,6 +65,9 @@ ROWS = {
     "mamba2-hf-like": ("bmojo", "mamba2", _HF_LIKE),
     # HF Mamba2's initializer_range (0.1 for embeddings, in_proj and head; ours 0.02) on top of hf-like.
     "mamba2-hf-init": ("bmojo", "mamba2", dict(_HF_LIKE, initializer_range=0.1)),
+    # mamba_ssm's fan-in initialisation of in_proj / out_proj (ssm_proj_init), tied and untied.
+    "mamba2-fanin": ("bmojo", "mamba2", dict(ssm_proj_init="fan_in")),
+    "mamba2-untied-fanin": ("bmojo", "mamba2", dict(tie_word_embeddings=False, ssm_proj_init="fan_in")),
     "bmojo": ("bmojo", "bmojo", {}),
     "bmojo-f": ("bmojo", "bmojo", dict(eidetic_capacity=0)),
     "bmojo-f-untied-arange": ("bmojo", "bmojo", dict(eidetic_capacity=0, tie_word_embeddings=False,
@@ -171,8 +174,9 @@ def build_model(row, setting):
         return model, {"class": type(model).__name__, **summary}
     config = our_config(family, setting, overrides)
     summary = {k: getattr(config, k) for k in (
-        "mixer_types", "tie_word_embeddings", "ssm_a_init", "intermediate_size", "initializer_range",
-        "ssm_num_heads", "window_size", "fading_tokens", "eidetic_capacity", "eidetic_tokens_per_chunk")}
+        "mixer_types", "tie_word_embeddings", "ssm_a_init", "ssm_proj_init", "intermediate_size",
+        "initializer_range", "ssm_num_heads", "window_size", "fading_tokens", "eidetic_capacity",
+        "eidetic_tokens_per_chunk")}
     import bmojo
 
     return bmojo.BMojoForCausalLM(config), {"class": "BMojoForCausalLM", **summary}

@@ -64,6 +64,7 @@ BAD_CONFIG_VALUES = [
     ("use_kernels", 1, "use_kernels"),
     ("use_cache", "no", "use_cache"),
     ("ssm_a_init", "log-uniform", "ssm_a_init"),
+    ("ssm_proj_init", "xavier", "ssm_proj_init"),
 ]
 
 

@@ -1,4 +1,8 @@
-"""BMojoConfig.ssm_a_init: the Mamba-2 decay initialisation ("uniform" A ~ U(1, 16), "arange" A_h = h + 1)."""
+"""BMojoConfig.ssm_a_init: the Mamba-2 decay initialisation ("uniform" A ~ U(1, 16), "arange" A_h = h + 1),
+and BMojoConfig.ssm_proj_init: the scale of its in_proj / out_proj ("normal" N(0, initializer_range),
+"fan_in" mamba_ssm's U(+-1/sqrt(fan_in)) with out_proj / sqrt(layers))."""
+
+import math
 
 import pytest
 import torch
@@ -46,3 +50,44 @@ def test_bad_ssm_a_init_raises_naming_the_field_and_the_choices(bad):
     config.ssm_a_init = bad  # assigned after construction: the model's constructor validates again
     with pytest.raises(ValueError, match="ssm_a_init"):
         bmojo.BMojoForCausalLM(config)
+
+
+@pytest.mark.parametrize("family", ["mamba2-tiny", "tiny"])
+def test_fan_in_projection_init_bounds_and_scales(family):
+    config = bmojo.preset_config(family, hidden_size=64, num_hidden_layers=4, ssm_proj_init="fan_in")
+    torch.manual_seed(0)
+    model = bmojo.BMojoForCausalLM(config)
+    mixers = _mixers(model)
+    assert len(mixers) == 4
+    for mixer in mixers:
+        for proj, scale in ((mixer.in_proj, 1.0), (mixer.out_proj, 0.5)):  # out_proj: 1 / sqrt(4 layers)
+            bound = scale / math.sqrt(proj.in_features)
+            w = proj.weight.detach()
+            assert w.abs().max() <= bound
+            # a uniform on [-b, b] has std b / sqrt(3); thousands of draws put it within 5 %
+            assert abs(w.std().item() / (bound / math.sqrt(3)) - 1) < 0.05, (proj, w.std())
+    # every other linear layer keeps N(0, initializer_range)
+    head_std = model.model.embed_tokens.weight.detach().std().item()
+    assert abs(head_std / config.initializer_range - 1) < 0.05
+
+
+def test_normal_projection_init_is_the_default():
+    config = bmojo.preset_config("mamba2-tiny", hidden_size=64)
+    assert config.ssm_proj_init == "normal"
+    torch.manual_seed(0)
+    in_proj = _mixers(bmojo.BMojoForCausalLM(config))[0].in_proj.weight.detach()
+    assert abs(in_proj.std().item() / config.initializer_range - 1) < 0.05
+
+
+def test_fan_in_init_does_not_overwrite_loaded_weights(tmp_path):
+    config = bmojo.preset_config("mamba2-tiny", ssm_proj_init="fan_in")
+    torch.manual_seed(0)
+    model = bmojo.BMojoForCausalLM(config)
+    with torch.no_grad():
+        for mixer in _mixers(model):
+            mixer.in_proj.weight.mul_(3.0)  # no longer what the initialiser draws
+    model.save_pretrained(tmp_path)
+    loaded = bmojo.BMojoForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.ssm_proj_init == "fan_in"
+    for a, b in zip(_mixers(model), _mixers(loaded)):
+        torch.testing.assert_close(a.in_proj.weight, b.in_proj.weight, rtol=0, atol=0)
