@@ -12,7 +12,9 @@ Transformer's rises (RoPE angles it never saw). One command runs the whole exper
 3. stage 1, `PrimingDistillation` for S1 steps: only the new weights (SSM, innovation predictor) learn to
    reproduce the frozen Transformer's final hidden states;
 4. stage 2, language-model fine-tuning of every weight for S2 steps;
-5. as a control (`--scratch-steps`, default: the Transformer's steps), the same B'MOJO trained from scratch.
+5. two controls: the Transformer itself trained S2 more steps as in stage 2 (the primed model's LM budget
+   is the Transformer's plus S2, so this is the comparison at equal budget), and (`--scratch-steps`,
+   default: the Transformer's steps) the same B'MOJO trained from scratch.
 
 Perplexity is `bmojo.eval.lm.length_generalization` on the held-out split at each factor of T, plus one
 exactness check at length w, where the window covers the input and the primed model, before any training,
@@ -38,6 +40,7 @@ import torch
 
 from . import lm
 
+CONTINUED = "transformer, + S2 steps (control)"
 TARGET_GAP = 0.05  # the "within 5%" at T, and the flatness allowed from T to the longest length
 
 
@@ -183,6 +186,11 @@ def run_priming(s, train, test, vocab_size, log=print):
         evaluate("primed, after stage 2 (LM fine-tuning)", student, s.distill_steps + s.finetune_steps, loss,
                  trained="every weight")
 
+        if s.finetune_steps:
+            stage(f"control: the Transformer, {s.finetune_steps} more steps as in stage 2")
+            loss = _train(transformer, train, s, s.finetune_steps, s.finetune_lr, workdir)
+            evaluate(CONTINUED, transformer, s.teacher_steps + s.finetune_steps, loss)
+
         if s.control_steps:
             stage(f"control: the same B'MOJO from scratch for {s.control_steps} steps")
             torch.manual_seed(s.seed)
@@ -214,6 +222,10 @@ def verdict(results, settings):
              f"from 1x to {longest['factor']}x T it changes by {rise:+.1%} (target: flat within "
              f"{TARGET_GAP:.0%} to 8x: {'met' if flat else 'not met'}) where the Transformer's changes by "
              f"{t_rise:+.1%}"]
+    if CONTINUED in results["models"]:
+        equal = results["models"][CONTINUED]["rows"][0]["ppl"]
+        parts.append(f"against the Transformer trained the same {settings.finetune_steps} extra LM steps "
+                     f"({equal:.3f} at T) the primed model is at {at_t / equal - 1:+.1%}")
     if longest["factor"] < 8:
         parts.append(f"the held-out split only holds {longest['factor']}x T, so 8x was not measured")
     met = close and flat

@@ -12,7 +12,8 @@ TINY = ["--seq-len", "16", "--window-size", "8", "--fading-tokens", "8", "--eide
         "--teacher-steps", "3", "--distill-steps", "2", "--finetune-steps", "2", "--scratch-steps", "2",
         "--factors", "1,2,4", "--max-eval-tokens", "256"]
 ROWS = ("transformer", "primed, before training", "primed, after stage 1 (distillation)",
-        "primed, after stage 2 (LM fine-tuning)", "B'MOJO from scratch (control)")
+        "primed, after stage 2 (LM fine-tuning)", "transformer, + S2 steps (control)",
+        "B'MOJO from scratch (control)")
 
 
 def _folder(tmp_path):
@@ -33,7 +34,7 @@ def test_priming_runs_end_to_end_and_reports_every_stage(tmp_path):
     for label, model in report["models"].items():
         assert [r["factor"] for r in model["rows"]] == [1, 2, 4], label
         assert [r["length"] for r in model["rows"]] == [16, 32, 64], label
-    assert [report["models"][k]["steps"] for k in ROWS] == [3, 0, 2, 4, 2]
+    assert [report["models"][k]["steps"] for k in ROWS] == [3, 0, 2, 4, 5, 2]
     assert report["models"]["transformer"]["tokens"] == 3 * 8 * 16
     # Where the window covers the input (length w = 8: fading band and store still empty), the primed
     # model before any training computes the Transformer.
