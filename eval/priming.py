@@ -206,7 +206,7 @@ def run_priming(s, train, test, vocab_size, log=print):
 
 def verdict(results, settings):
     """(met, sentence): is the primed model (after stage 2) within 5% of the Transformer at T, and does it
-    stay within 5% of its own value at T up to the longest length measured?"""
+    stay within 5% of its own value at T up to the longest length measured, which must reach 8x?"""
     transformer, primed = (results["models"][k]["rows"] for k in
                            ("transformer", "primed, after stage 2 (LM fine-tuning)"))
     at_t, ref = primed[0]["ppl"], transformer[0]["ppl"]
