@@ -68,6 +68,8 @@ ROWS = {
     # mamba_ssm's fan-in initialisation of in_proj / out_proj (ssm_proj_init), tied and untied.
     "mamba2-fanin": ("bmojo", "mamba2", dict(ssm_proj_init="fan_in")),
     "mamba2-untied-fanin": ("bmojo", "mamba2", dict(tie_word_embeddings=False, ssm_proj_init="fan_in")),
+    # untied with HF Mamba2's initializer_range (0.1 for every linear and embedding weight) and nothing else
+    "mamba2-untied-range0.1": ("bmojo", "mamba2", dict(tie_word_embeddings=False, initializer_range=0.1)),
     "bmojo": ("bmojo", "bmojo", {}),
     "bmojo-f": ("bmojo", "bmojo", dict(eidetic_capacity=0)),
     "bmojo-f-untied-arange": ("bmojo", "bmojo", dict(eidetic_capacity=0, tie_word_embeddings=False,
