@@ -72,6 +72,7 @@ ROWS = {
     "mamba2-untied-range0.1": ("bmojo", "mamba2", dict(tie_word_embeddings=False, initializer_range=0.1)),
     # untied with HF Mamba2's decay init A_h = h + 1 and nothing else (the untied rows that learn have it)
     "mamba2-untied-arange": ("bmojo", "mamba2", dict(tie_word_embeddings=False, ssm_a_init="arange")),
+    "mamba2-untied-nomlp": ("bmojo", "mamba2", dict(tie_word_embeddings=False, intermediate_size=0)),
     "bmojo": ("bmojo", "bmojo", {}),
     "bmojo-f": ("bmojo", "bmojo", dict(eidetic_capacity=0)),
     "bmojo-f-untied-arange": ("bmojo", "bmojo", dict(eidetic_capacity=0, tie_word_embeddings=False,
