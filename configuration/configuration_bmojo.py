@@ -110,8 +110,8 @@ class BMojoConfig(PretrainedConfig):
             `in_proj` and `out_proj`: `"normal"` draws them from N(0, initializer_range) like every other
             linear layer; `"fan_in"` follows mamba_ssm (Gu & Dao): U(+-1/sqrt(fan_in)) for both, `out_proj`
             then divided by sqrt(num_hidden_layers) (GPT-2's residual scaling). The two agree near width 768;
-            at small widths `"fan_in"` is larger (0.072 std at width 64), where x, B and C, multiplied
-            together in the scan, start three times smaller under `"normal"`.
+            at small widths `"fan_in"` is larger (0.072 std at width 64, 3.6x), and x, B and C, multiplied
+            together in the scan, each start that much smaller under `"normal"`.
         rms_norm_eps (`float`, *optional*, defaults to 1e-5), initializer_range (`float`, defaults to 0.02).
         use_kernels (`"auto"`, `True` or `False`): Triton kernels on CUDA (`"auto"`), always, or never.
     """
