@@ -107,6 +107,7 @@ class ParitySetting:
     lr: float = 1e-3
     warmup: int = 50
     weight_decay: float = 0.1
+    schedule: str = "cosine"  # mqar.TrainArgs.schedule
 
 
 def check_rows(names):
@@ -206,6 +207,7 @@ def run_job(row, seed, setting, device="cpu"):
         result.update(params=sum(p.numel() for p in model.parameters()), config=summary)
         args = mqar.TrainArgs(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr,
                               warmup=setting.warmup, weight_decay=setting.weight_decay, seed=seed,
+                              schedule=setting.schedule,
                               progress=False, bf16=cuda)
         train_start = time.time()
         losses = mqar.train(model, train_data, args)  # bf16 autocast around each forward on CUDA
@@ -309,6 +311,12 @@ def _fmt(value, spec=".3f"):
     return "-" if value is None else format(value, spec)
 
 
+def _schedule_text(setting):
+    if setting.get("schedule", "cosine") == "onecycle":
+        return "OneCycleLR (PyTorch defaults)"
+    return f"warmup {setting['warmup']} then cosine"
+
+
 def markdown(summary, meta):
     s, env = meta["setting"], meta["environment"]
     lrs, plateau = meta["lrs"], meta["plateau_accuracy"]
@@ -324,7 +332,7 @@ def markdown(summary, meta):
              f"{s['head_dim']}, SSM state {s['ssm_state_size']} heads of {s['ssm_head_dim']}, window "
              f"{s['window_size']}, M_e {s['eidetic_capacity']}; {s['num_pairs']} pairs in {s['seq_len']} "
              f"tokens, vocab {s['vocab_size']}, {s['num_train']} train / {s['num_test']} test sequences; "
-             f"{lr_text}; AdamW, warmup {s['warmup']} then cosine, weight decay {s['weight_decay']:g}, batch "
+             f"{lr_text}; AdamW, {_schedule_text(s)}, weight decay {s['weight_decay']:g}, batch "
              f"{s['batch_size']}, {s['steps']} steps. Seeds: {meta['seeds']}.", "",
              f"Plateau: a model that answers only with values whose key has not been queried yet (it has not "
              f"learned the key-value association) scores {plateau:.3f} (H_n/n for n = {s['num_pairs']} "
@@ -374,7 +382,8 @@ def job_devices(device, count):
 
 
 def _without_lr(setting_dict):
-    return {k: v for k, v in setting_dict.items() if k != "lr"}
+    # files written before `schedule` existed were all cosine runs
+    return {k: v for k, v in {"schedule": "cosine", **setting_dict}.items() if k != "lr"}
 
 
 def load_finished(path, setting):
@@ -509,6 +518,11 @@ def build_parser():
                     help="comma-separated learning rates to sweep (Zoology's protocol): every (row, lr, "
                          "seed) is one job and each row is reported at the lr of its best mean accuracy")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--schedule", default=defaults.schedule, choices=mqar.SCHEDULES,
+                   help="learning-rate schedule (mqar.TrainArgs.schedule; default %(default)s)")
+    p.add_argument("--warmup", type=int, default=defaults.warmup, help="warmup steps of the cosine schedule")
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                   help="AdamW weight decay of matrices, embeddings and head included")
     p.add_argument("--num-train", type=int, default=defaults.num_train, help="training sequences per seed")
     p.add_argument("--num-test", type=int, default=defaults.num_test, help="test sequences per seed")
     p.add_argument("--device", default="cpu",
@@ -529,9 +543,11 @@ def main(argv=None):
         rows = check_rows(r for r in ns.rows.split(",") if r)
         lrs = check_lrs(ns.lrs if ns.lrs is not None else (ns.lr,))
         setting = replace(ParitySetting(), steps=ns.steps, lr=lrs[0], batch_size=ns.batch_size,
-                          num_train=ns.num_train, num_test=ns.num_test)
-        # bad --steps / --batch-size fail here, before any job
-        mqar.TrainArgs(steps=setting.steps, lr=setting.lr, batch_size=setting.batch_size)
+                          num_train=ns.num_train, num_test=ns.num_test, schedule=ns.schedule,
+                          warmup=ns.warmup, weight_decay=ns.weight_decay)
+        # bad --steps / --batch-size / --warmup / --weight-decay fail here, before any job
+        mqar.TrainArgs(steps=setting.steps, lr=setting.lr, batch_size=setting.batch_size,
+                       schedule=setting.schedule, warmup=setting.warmup, weight_decay=setting.weight_decay)
         mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len, num_pairs=setting.num_pairs,
                       num_train=setting.num_train, num_test=setting.num_test)
         command = "python -m bmojo.eval.parity " + shlex.join(argv)

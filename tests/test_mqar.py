@@ -114,8 +114,37 @@ def test_train_args_validation():
         mqar.TrainArgs(steps=0)
     with pytest.raises(ValueError, match="lr"):
         mqar.TrainArgs(lr=0.0)
+    with pytest.raises(ValueError, match="schedule"):
+        mqar.TrainArgs(schedule="linear")
+    with pytest.raises(ValueError, match="weight_decay"):
+        mqar.TrainArgs(weight_decay=-0.1)
     with pytest.raises(ValueError, match="family"):
         mqar.budget_overrides("rnn", 512, bmojo.preset_config("tiny"))
+
+
+@pytest.mark.parametrize("schedule", mqar.SCHEDULES)
+def test_schedules_shape(schedule, monkeypatch):
+    """The learning rate each step actually used: cosine peaks after the warmup and decays to ~0;
+    one-cycle rises from lr/25 to lr at 30% of the steps, then falls to ~lr/1e4."""
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *a, **kw):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    train, _ = mqar.make_splits(_task(vocab_size=32, num_pairs=4))
+    mqar.train(_tiny_model(), train, mqar.TrainArgs(steps=20, batch_size=4, lr=1e-2, warmup=4,
+                                                  schedule=schedule, progress=False))
+    assert len(seen) == 20
+    peak = max(range(20), key=seen.__getitem__)
+    assert seen[peak] == pytest.approx(1e-2)
+    if schedule == "onecycle":
+        assert seen[0] == pytest.approx(1e-2 / 25) and peak == 5  # round(0.3 * 20) - 1
+    else:
+        assert seen[0] == pytest.approx(1e-2 / 4) and peak == 3
+    assert seen[-1] < 1e-3 * seen[peak] + 1e-2 * 0.03
 
 
 def test_state_floats_formula():
