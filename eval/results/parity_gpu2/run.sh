@@ -2,7 +2,7 @@
 # Issue 12's parity on one H200: which training recipe takes HF Llama off the MQAR plateau, and the rows
 # at it. Three runs side by side, 16 one-thread processes in all (run from the repository root on the device).
 source benchmarks/device_env.sh
-out=${OUT:-/tmp/out}
+out=/tmp/parity_out; mkdir -p $out
 P="python -m bmojo.eval.parity --device cuda --seeds 0,1,2"
 # (A) issue 12's first table's recipe: AdamW one-cycle at lr 1e-3 (PyTorch defaults, weight decay 0.01)
 timeout 560 $P --workers 12 --schedule onecycle --weight-decay 0.01 --time-limit 330 \
@@ -16,3 +16,4 @@ timeout 560 $P --workers 2 --batch-size 256 --num-train 100000 --rows hf-llama -
   --out $out/cosine_b256 > $out/cosine_b256.log 2>&1 &
 wait
 tail -n 30 $out/*/parity.md
+[ -n "$OUT" ] && tar czf $OUT/parity_gpu2.tgz -C $out .
