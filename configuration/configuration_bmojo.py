@@ -11,7 +11,7 @@ from transformers import PretrainedConfig
 
 MIXER_TYPES = ("bmojo", "mamba2", "sliding_attention", "full_attention")
 SSM_A_INITS = ("uniform", "arange")  # Mamba-2 decay initialisation, see the docstring's `ssm_a_init`
-SSM_PROJ_INITS = ("normal", "fan_in")  # Mamba-2 projections' initialisation, see `ssm_proj_init`
+SSM_PROJ_INITS = ("normal", "fan_in", "out_fan_in")  # Mamba-2 projections' init, see `ssm_proj_init`
 # transformers validates `layer_types` against its own names; these are the nearest ones.
 _HF_LAYER_TYPE = {
     "bmojo": "hybrid_sliding",
@@ -111,7 +111,9 @@ class BMojoConfig(PretrainedConfig):
             linear layer; `"fan_in"` follows mamba_ssm (Gu & Dao): U(+-1/sqrt(fan_in)) for both, `out_proj`
             then divided by sqrt(num_hidden_layers) (GPT-2's residual scaling). The two agree near width 768;
             at small widths `"fan_in"` is larger (0.072 std at width 64, 3.6x), and x, B and C, multiplied
-            together in the scan, each start that much smaller under `"normal"`.
+            together in the scan, each start that much smaller under `"normal"`. `"out_fan_in"` is HF
+            `Mamba2`'s result: `in_proj` from N(0, initializer_range), `out_proj` from U(+-1/sqrt(fan_in))
+            (PyTorch's default Linear bound) without depth scaling.
         rms_norm_eps (`float`, *optional*, defaults to 1e-5), initializer_range (`float`, defaults to 0.02).
         use_kernels (`"auto"`, `True` or `False`): Triton kernels on CUDA (`"auto"`), always, or never.
     """

@@ -73,6 +73,12 @@ ROWS = {
     # untied with HF Mamba2's decay init A_h = h + 1 and nothing else (the untied rows that learn have it)
     "mamba2-untied-arange": ("bmojo", "mamba2", dict(tie_word_embeddings=False, ssm_a_init="arange")),
     "mamba2-untied-nomlp": ("bmojo", "mamba2", dict(tie_word_embeddings=False, intermediate_size=0)),
+    # HF Mamba2's out_proj init (U(+-1/sqrt(fan_in)); ssm_proj_init="out_fan_in") on top of hf-init: every
+    # parameter then starts from HF Mamba2's distribution
+    "mamba2-hf-exact": ("bmojo", "mamba2", dict(_HF_LIKE, initializer_range=0.1, ssm_proj_init="out_fan_in")),
+    # HF Mamba2 as HF initialises it, converted weight for weight into our family (bmojo.convert.from_hf):
+    # the same function and the same initial weights, so only the training numerics can differ
+    "mamba2-from-hf": ("converted", "mamba2", {}),
     "bmojo": ("bmojo", "bmojo", {}),
     "bmojo-f": ("bmojo", "bmojo", dict(eidetic_capacity=0)),
     "bmojo-f-untied-arange": ("bmojo", "bmojo", dict(eidetic_capacity=0, tie_word_embeddings=False,
@@ -170,22 +176,36 @@ def build_model(row, setting):
     """(model, config summary) of one row, on CPU in float32; seed the RNG before calling."""
     source, family, overrides = ROWS[row]
     if source == "hf":
-        from transformers import LlamaForCausalLM, Mamba2ForCausalLM
+        return _hf_model(family, setting)
+    if source == "converted":  # HF's model and initial weights, moved into our family
+        from ..convert import from_hf
 
-        config = hf_config(family, setting)
-        model = (LlamaForCausalLM if family == "llama" else Mamba2ForCausalLM)(config)
-        keep = ("tie_word_embeddings", "initializer_range", "rms_norm_eps", "layer_norm_epsilon", "num_heads",
-                "num_key_value_heads", "residual_in_fp32", "intermediate_size")
-        summary = {k: getattr(config, k) for k in keep if hasattr(config, k)}
-        return model, {"class": type(model).__name__, **summary}
+        hf_model, _ = _hf_model(family, setting)
+        model = from_hf(hf_model)
+        return model, {"class": "BMojoForCausalLM", "converted_from": type(hf_model).__name__,
+                       **_our_summary(model.config)}
     config = our_config(family, setting, overrides)
-    summary = {k: getattr(config, k) for k in (
+    import bmojo
+
+    return bmojo.BMojoForCausalLM(config), {"class": "BMojoForCausalLM", **_our_summary(config)}
+
+
+def _hf_model(family, setting):
+    from transformers import LlamaForCausalLM, Mamba2ForCausalLM
+
+    config = hf_config(family, setting)
+    model = (LlamaForCausalLM if family == "llama" else Mamba2ForCausalLM)(config)
+    keep = ("tie_word_embeddings", "initializer_range", "rms_norm_eps", "layer_norm_epsilon", "num_heads",
+            "num_key_value_heads", "residual_in_fp32", "intermediate_size")
+    summary = {k: getattr(config, k) for k in keep if hasattr(config, k)}
+    return model, {"class": type(model).__name__, **summary}
+
+
+def _our_summary(config):
+    return {k: getattr(config, k) for k in (
         "mixer_types", "tie_word_embeddings", "ssm_a_init", "ssm_proj_init", "intermediate_size",
         "initializer_range", "ssm_num_heads", "window_size", "fading_tokens", "eidetic_capacity",
         "eidetic_tokens_per_chunk")}
-    import bmojo
-
-    return bmojo.BMojoForCausalLM(config), {"class": "BMojoForCausalLM", **summary}
 
 
 def run_job(row, seed, setting, device="cpu"):

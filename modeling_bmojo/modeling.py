@@ -163,13 +163,19 @@ class BMojoPreTrainedModel(PreTrainedModel):
             init.copy_(module.A_log, a_log)
             init.copy_(module.D, d)
             # configs saved before the field existed: "normal", which the Linear branch above already did
-            if getattr(self.config, "ssm_proj_init", "normal") == "fan_in":
+            scheme = getattr(self.config, "ssm_proj_init", "normal")
+            if scheme == "fan_in":
                 # mamba_ssm's scheme (an idea, not its code): PyTorch's default Linear bound 1/sqrt(fan_in),
                 # and the residual branch's output scaled down by sqrt(depth) as in GPT-2.
                 depth_scale = self.config.num_hidden_layers ** -0.5
                 for proj, scale in ((module.in_proj, 1.0), (module.out_proj, depth_scale)):
                     bound = scale / math.sqrt(proj.in_features)
                     init.uniform_(proj.weight, -bound, bound)
+            elif scheme == "out_fan_in":
+                # what HF Mamba2's initialisation leaves (measured on transformers 5.24): in_proj as every
+                # Linear, out_proj at PyTorch's default bound, half the std of N(0, 0.1) at width 64
+                bound = 1.0 / math.sqrt(module.out_proj.in_features)
+                init.uniform_(module.out_proj.weight, -bound, bound)
 
 
 class BMojoModel(BMojoPreTrainedModel):

@@ -135,8 +135,8 @@ def test_schedules_shape(schedule, monkeypatch):
 
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
     train, _ = mqar.make_splits(_task(vocab_size=32, num_pairs=4))
-    mqar.train(_tiny_model(), train, mqar.TrainArgs(steps=20, batch_size=4, lr=1e-2, warmup=4,
-                                                  schedule=schedule, progress=False))
+    args = mqar.TrainArgs(steps=20, batch_size=4, lr=1e-2, warmup=4, schedule=schedule, progress=False)
+    mqar.train(_tiny_model(), train, args)
     assert len(seen) == 20
     peak = max(range(20), key=seen.__getitem__)
     assert seen[peak] == pytest.approx(1e-2)

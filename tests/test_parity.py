@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from bmojo.eval import parity
 
@@ -70,6 +71,19 @@ def test_hf_rows_match_our_rows_in_size():
     assert params("hf-mamba2") == params("mamba2-hf-like")
     hf_mamba2 = parity.build_model("hf-mamba2", setting)[0].config
     assert (hf_mamba2.num_heads, hf_mamba2.head_dim, hf_mamba2.state_size) == (4, 32, 16)
+
+
+def test_converted_row_starts_from_hf_mamba2s_weights_and_function():
+    """`mamba2-from-hf` is HF Mamba2 as HF initialises it, moved into our family: same seed, same logits."""
+    setting = parity.ParitySetting()
+    torch.manual_seed(0)
+    hf, _ = parity.build_model("hf-mamba2", setting)
+    torch.manual_seed(0)
+    ours, summary = parity.build_model("mamba2-from-hf", setting)
+    assert summary["converted_from"] == "Mamba2ForCausalLM" and summary["mixer_types"] == ["mamba2"] * 2
+    ids = torch.randint(1, setting.vocab_size, (2, setting.seq_len))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, hf(ids).logits, rtol=0, atol=1e-5)
 
 
 def test_resume_keeps_finished_jobs_and_runs_only_the_rest(tmp_path, monkeypatch):

@@ -71,6 +71,27 @@ def test_fan_in_projection_init_bounds_and_scales(family):
     assert abs(head_std / config.initializer_range - 1) < 0.05
 
 
+def test_out_fan_in_init_is_hf_mamba2s_distribution():
+    """"out_fan_in": in_proj keeps N(0, initializer_range), out_proj U(+-1/sqrt(fan_in)) with no depth
+    scaling, the distribution HF Mamba2 starts from (its out_proj keeps PyTorch's Linear default)."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    config = bmojo.preset_config("mamba2-tiny", hidden_size=64, num_hidden_layers=4, initializer_range=0.1,
+                                 ssm_proj_init="out_fan_in")
+    torch.manual_seed(0)
+    mixers = _mixers(bmojo.BMojoForCausalLM(config))
+    torch.manual_seed(0)
+    hf = Mamba2ForCausalLM(Mamba2Config(hidden_size=64, num_hidden_layers=4, num_heads=4, head_dim=32,
+                                        state_size=16, n_groups=1, vocab_size=256, initializer_range=0.1))
+    for ours, theirs in zip(mixers, (layer.mixer for layer in hf.backbone.layers)):
+        bound = 1.0 / math.sqrt(ours.out_proj.in_features)
+        for w in (ours.out_proj.weight.detach(), theirs.out_proj.weight.detach()):
+            assert w.abs().max() <= bound
+            assert abs(w.std().item() / (bound / math.sqrt(3)) - 1) < 0.05
+        for w in (ours.in_proj.weight.detach(), theirs.in_proj.weight.detach()):
+            assert abs(w.std().item() / 0.1 - 1) < 0.05
+
+
 def test_normal_projection_init_is_the_default():
     config = bmojo.preset_config("mamba2-tiny", hidden_size=64)
     assert config.ssm_proj_init == "normal"
