@@ -53,6 +53,9 @@ from . import mqar, sweep
 # row name -> (source, family or HF model, overrides of our config). Our families start from the tiny
 # preset of the family resized to the setting (`our_config`); each override is one departure from it.
 _HF_LIKE = dict(tie_word_embeddings=False, ssm_a_init="arange", intermediate_size=0)
+# HF Mamba2's initial distribution of every weight: untied, A_h = h + 1, N(0, 0.1), out_proj U(+-1/sqrt(fan_in))
+_HF_INIT = dict(tie_word_embeddings=False, ssm_a_init="arange", initializer_range=0.1,
+                ssm_proj_init="out_fan_in")
 ROWS = {
     "hf-llama": ("hf", "llama", {}),
     "hf-mamba2": ("hf", "mamba2", {}),
@@ -75,12 +78,15 @@ ROWS = {
     "mamba2-untied-nomlp": ("bmojo", "mamba2", dict(tie_word_embeddings=False, intermediate_size=0)),
     # HF Mamba2's out_proj init (U(+-1/sqrt(fan_in)); ssm_proj_init="out_fan_in") on top of hf-init: every
     # parameter then starts from HF Mamba2's distribution
-    "mamba2-hf-exact": ("bmojo", "mamba2", dict(_HF_LIKE, initializer_range=0.1, ssm_proj_init="out_fan_in")),
+    "mamba2-hf-exact": ("bmojo", "mamba2", dict(_HF_INIT, intermediate_size=0)),
     # HF Mamba2 as HF initialises it, converted weight for weight into our family (bmojo.convert.from_hf):
     # the same function and the same initial weights, so only the training numerics can differ
     "mamba2-from-hf": ("converted", "mamba2", {}),
     "bmojo": ("bmojo", "bmojo", {}),
     "bmojo-f": ("bmojo", "bmojo", dict(eidetic_capacity=0)),
+    # B'MOJO with HF Mamba2's initialisation for the whole model (its blocks keep their MLP)
+    "bmojo-hf-init": ("bmojo", "bmojo", _HF_INIT),
+    "bmojo-f-hf-init": ("bmojo", "bmojo", dict(_HF_INIT, eidetic_capacity=0)),
     "bmojo-f-untied-arange": ("bmojo", "bmojo", dict(eidetic_capacity=0, tie_word_embeddings=False,
                                                      ssm_a_init="arange")),
 }
