@@ -53,7 +53,7 @@ from . import mqar, sweep
 # row name -> (source, family or HF model, overrides of our config). Our families start from the tiny
 # preset of the family resized to the setting (`our_config`); each override is one departure from it.
 _HF_LIKE = dict(tie_word_embeddings=False, ssm_a_init="arange", intermediate_size=0)
-# HF Mamba2's initial distribution of every weight: untied, A_h = h + 1, N(0, 0.1), out_proj U(+-1/sqrt(fan_in))
+# HF Mamba2's initial distribution of every weight: untied, A_h = h + 1, N(0, 0.1), out_proj U(+-1/sqrt(in))
 _HF_INIT = dict(tie_word_embeddings=False, ssm_a_init="arange", initializer_range=0.1,
                 ssm_proj_init="out_fan_in")
 ROWS = {
