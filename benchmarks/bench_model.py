@@ -35,6 +35,7 @@ import traceback
 
 import torch
 import transformers
+from torch._dynamo.utils import counters
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 import bmojo
@@ -208,7 +209,12 @@ def measure(name, setup, row_file):
     for key, fn, args in jobs:
         if compiled:
             torch._dynamo.reset()  # the first call of every measurement is its whole compile
+            counters.clear()
         row[key] = guarded(fn, model, setup, *args)
+        if compiled and isinstance(row[key], dict):  # graph breaks cost speed: say how many, and why
+            breaks = counters["graph_break"]
+            row[key].update(graphs=counters["stats"]["unique_graphs"], graph_breaks=sum(breaks.values()),
+                            graph_break_reasons=[reason[:160] for reason in list(breaks)[:3]])
         row["wall_s"] = round(time.time() - t0, 1)
         print(f"  {name} {key}: {json.dumps(row[key])}", flush=True)
         write_atomically(row, row_file)
