@@ -1,14 +1,28 @@
-"""Where a B'MOJO training step spends its GPU time (torch.profiler, one step after warm-up).
+"""Where a training step spends its GPU time (torch.profiler, one step after warm-up), eager or compiled.
 
-Usage (GPU): python benchmarks/profile_train.py [--model bmojo-matched --batch 8 --length 2048]
+Usage (GPU): python benchmarks/profile_train.py [--model bmojo-matched --batch 8 --length 2048] [--compile]
+`--compile` profiles `torch.compile(model, dynamic=False)` as benchmarks/bench_model.py measures it (the
+warm-up steps compile). `--dry-run`: tiny widths on CPU, to check the script (no device kernels there).
 """
 
 import argparse
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from bench_model import WIDTH, build
+from bench_model import Setup, build
+
+
+def kind_of(kernel):
+    name = kernel.lower()
+    if any(s in name for s in ("gemm", "cutlass", "nvjet", "sm90_xmma")):
+        return "matmul"
+    if name.startswith(("triton_poi", "triton_red", "triton_per", "triton_tem")):
+        return "inductor-generated Triton (torch.compile)"
+    if name.startswith("_"):
+        return "bmojo Triton: " + kernel[:40]
+    return "other (PyTorch eager kernels, copies)"
 
 
 def main():
@@ -17,45 +31,54 @@ def main():
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--model", default="bmojo", help="a name bench_model.build knows")
+    parser.add_argument("--compile", action="store_true", help="profile torch.compile(model)")
+    parser.add_argument("--dry-run", action="store_true", help="tiny widths on CPU")
     args = parser.parse_args()
-    model = build(args.model).cuda().to(torch.bfloat16)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    ids = torch.randint(0, WIDTH["vocab_size"], (args.batch, args.length), device="cuda")
+    setup = Setup(args.dry_run)
+    model = build(args.model, setup).to(setup.device, setup.dtype).train()
+    if args.compile:
+        model = torch.compile(model, dynamic=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=setup.device == "cuda")
+    ids = torch.randint(0, setup.width["vocab_size"], (args.batch, args.length), device=setup.device)
+    cuda = setup.device == "cuda"
 
     def step():
         model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(2):
+    for _ in range(3):  # the first compiles (compiled model, fused_on_cuda helpers)
         step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    if cuda:
+        torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
         with record_function("train_step"):
             step()
-        torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=60)
-    print(table)
-    # Device time by kind of kernel: matrix products, our Triton kernels, everything else.
+        if cuda:
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=args.rows, max_name_column_width=60))
+    # Device time of the kernels themselves (device events, not the CPU ops or annotations that launched
+    # them, which would count each kernel twice; a compiled graph's kernels have no aten op above them).
+    kernels = {}
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False):
+            kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time_total / 1000
+    total = sum(kernels.values())
+    if not total:
+        print("no device kernels were profiled (CPU run)")
+        return
     kinds = {}
-    for event in prof.key_averages():
-        wrapper = event.key == "train_step" or "Function" in event.key or event.key.startswith(("aten::", "autograd::"))
-        if wrapper or event.self_device_time_total <= 0:  # ops and annotations: their kernels count already
-            continue
-        name = event.key.lower()
-        if any(s in name for s in ("gemm", "cutlass", "nvjet", "sm90_xmma")):
-            kind = "matmul"
-        elif name.startswith(("triton_poi", "triton_red", "triton_per")):
-            kind = "inductor-fused elementwise (torch.compile)"
-        elif name.startswith("_"):
-            kind = "bmojo Triton: " + event.key[:40]
-        else:
-            kind = "other (PyTorch eager kernels)"
-        kinds[kind] = kinds.get(kind, 0.0) + event.self_device_time_total / 1000
-    total = sum(kinds.values())
-    for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1])[:args.rows]:
-        print(f"{kind:60s} {ms:9.2f} ms  {100 * ms / total:5.1f}%")
-    print(f"{'total device time':60s} {total:9.2f} ms")
+    for kernel, ms in kernels.items():
+        kinds[kind_of(kernel)] = kinds.get(kind_of(kernel), 0.0) + ms
+    print(f"top kernels by device time ({'compiled' if args.compile else 'eager'} {args.model}):")
+    for kernel, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[:args.rows]:
+        print(f"  {kernel[:80]:80s} {ms:9.2f} ms  {100 * ms / total:5.1f}%  {kind_of(kernel)[:20]}")
+    print("by kind:")
+    for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:60s} {ms:9.2f} ms  {100 * ms / total:5.1f}%")
+    print(f"  {'total device time':60s} {total:9.2f} ms")
 
 
 if __name__ == "__main__":
