@@ -27,9 +27,19 @@ def test_arange_init_sets_a_log_to_log_one_to_heads(family):
         torch.testing.assert_close(mixer.A_log.detach(), expected, rtol=0, atol=0)
 
 
-def test_uniform_init_is_the_default_and_draws_a_in_1_to_16():
-    config = bmojo.preset_config("mamba2-tiny", ssm_state_size=8, hidden_size=128, ssm_head_dim=8)
-    assert config.ssm_a_init == "uniform"
+def test_presets_defaults_arange_for_mamba2_layers_uniform_for_bmojo():
+    """The mamba2 and hybrid families start from HF's A_h = h + 1 (it learned better, issue 12); B'MOJO's
+    fading SSM and a bare BMojoConfig keep mamba_ssm's U(1, 16)."""
+    assert bmojo.preset_config("mamba2-tiny").ssm_a_init == "arange"
+    assert bmojo.preset_config("hybrid-130m").ssm_a_init == "arange"
+    assert bmojo.preset_config("tiny").ssm_a_init == "uniform"
+    assert bmojo.preset_config("bmojo-f-tiny").ssm_a_init == "uniform"
+    assert bmojo.BMojoConfig().ssm_a_init == "uniform"
+
+
+def test_uniform_init_draws_a_in_1_to_16():
+    config = bmojo.preset_config("mamba2-tiny", ssm_state_size=8, hidden_size=128, ssm_head_dim=8,
+                                 ssm_a_init="uniform")
     torch.manual_seed(0)
     a = torch.cat([m.A_log.detach().exp() for m in _mixers(bmojo.BMojoForCausalLM(config))])
     assert a.numel() == 64 and a.min() >= 1 and a.max() <= 16
