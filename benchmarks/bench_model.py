@@ -146,16 +146,22 @@ def train(model, setup, batch, length):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=setup.device == "cuda")
     ids = torch.randint(0, setup.width["vocab_size"], (batch, length), device=setup.device)
 
+    losses = []
+
     def step():
-        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if not losses:
+            losses.append(loss.detach())
 
     reset_memory(setup.device)
     try:
         first, seconds = timed(step, setup.warmup_steps, setup.timed_steps, setup.device)
+        # same seed, weights and batch in a row and its +compile twin: their first losses must agree
         return {"tokens_per_s": batch * length / seconds, "peak_gib": peak_gib(setup.device),
-                "first_step_s": round(first, 2), "step_s": seconds}
+                "first_step_s": round(first, 2), "step_s": seconds, "first_loss": float(losses[0])}
     finally:
         opt.zero_grad(set_to_none=True)  # gradients go before the next measurement (the state with `opt`)
 
