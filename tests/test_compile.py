@@ -84,6 +84,76 @@ def test_training_forward_is_one_graph():
     assert_steps_equal(step(model, shorter), step(compiled_model, shorter), atol=1e-6, rtol=1e-5)
 
 
+def recording_aot_eager(graphs):
+    """aot_eager that keeps each graph Dynamo hands it (before AOTAutograd), to look at its layer calls."""
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+    return backend
+
+
+def layer_subgraph_calls(graph):
+    """Identifiers of the nested compile regions (one per compiled layer structure) each call invokes."""
+    return [node.args[1] for node in graph.graph.nodes
+            if node.op == "call_function" and node.target is torch.ops.higher_order.invoke_subgraph]
+
+
+needs_nested_regions = pytest.mark.skipif(
+    getattr(torch.compiler, "nested_compile_region", None) is None
+    or os.environ.get("BMOJO_NESTED_COMPILE", "1") == "0",
+    reason="torch.compiler.nested_compile_region (torch >= 2.8) is off")
+
+ALTERNATING = ["bmojo", "full_attention", "bmojo", "full_attention"]
+
+
+@needs_nested_regions
+def test_training_compiles_each_layer_kind_once():
+    # The parallel form is traced once per layer kind (forward and backward), not once per layer: four
+    # layers of two kinds call two subgraphs, each twice, in one graph; the step still equals eager.
+    model = training_model(num_hidden_layers=len(ALTERNATING), mixer_types=ALTERNATING)
+    inputs, graphs = batch(), []
+    eager = step(model, inputs)
+    compiled = step(torch.compile(model, backend=recording_aot_eager(graphs), fullgraph=True), inputs)
+    assert_steps_equal(eager, compiled, atol=1e-6, rtol=1e-5)
+    calls = layer_subgraph_calls(graphs[0])
+    assert len(graphs) == 1 and len(calls) == len(ALTERNATING)
+    assert calls[0] == calls[2] and calls[1] == calls[3] and calls[0] != calls[1]
+
+
+@needs_nested_regions
+def test_compiled_prefill_compiles_each_layer_kind_once():
+    # prefill fills each layer's cache state in place inside its region: logits and states equal eager
+    torch.manual_seed(0)
+    cfg = bmojo.preset_config("tiny", initializer_range=0.2, use_kernels=False,
+                              num_hidden_layers=len(ALTERNATING), mixer_types=ALTERNATING)
+    model = bmojo.BMojoForCausalLM(cfg).eval()
+    inputs, graphs = batch(), []
+    del inputs["labels"]
+    compiled_model = torch.compile(model, backend=recording_aot_eager(graphs), fullgraph=True)
+    with torch.no_grad():
+        eager = model(**inputs, use_cache=True)
+        compiled = compiled_model(**inputs, use_cache=True)
+    torch.testing.assert_close(compiled.logits, eager.logits, atol=1e-6, rtol=1e-5)
+    for e_state, c_state in zip(eager.past_key_values.states, compiled.past_key_values.states, strict=True):
+        e_tensors, c_tensors = dict(e_state.named_tensors()), dict(c_state.named_tensors())
+        assert e_tensors.keys() == c_tensors.keys() and e_tensors
+        for name, e in e_tensors.items():
+            torch.testing.assert_close(c_tensors[name], e, atol=1e-6, rtol=1e-5, msg=name)
+    calls = layer_subgraph_calls(graphs[0])
+    assert len(calls) == len(ALTERNATING) and len(set(calls)) == 2
+
+
+def test_compiled_step_with_gradient_checkpointing_equals_eager():
+    # a checkpointed layer cannot sit in a nested compile region: it is inlined, and the step is unchanged
+    model = training_model(num_hidden_layers=2, mixer_types=["bmojo", "bmojo"])
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    inputs, graphs = batch(), []
+    eager = step(model, inputs)
+    compiled = step(torch.compile(model, backend=recording_aot_eager(graphs), fullgraph=True), inputs)
+    assert_steps_equal(eager, compiled, atol=1e-6, rtol=1e-5)
+    assert layer_subgraph_calls(graphs[0]) == []
+
+
 def test_compiled_input_checks_still_fire():
     # under compile the value checks are in-graph asserts (RuntimeError, same message), not graph breaks
     model = torch.compile(training_model(num_hidden_layers=1), backend="aot_eager", fullgraph=True)
