@@ -82,11 +82,16 @@ def _parallel_layer_region(layer, hidden, lengths, state):
     return layer(hidden, lengths, state)
 
 
+# Opt-in for now: with Inductor (torch 2.13 CPU) a 4-layer B'MOJO training step compiled this way gave an
+# embedding gradient that differs from eager (aot_eager matches); until that is understood, off by default.
+PARALLEL_REGIONS = os.environ.get("BMOJO_NESTED_COMPILE_PARALLEL", "0") == "1"
+
+
 def _parallel_layer(layer, hidden, lengths, state):
-    """A layer's parallel form, compiled once per layer kind, except under gradient checkpointing: a
-    checkpointed layer inside a nested compile region fails to trace (torch 2.13: InternalTorchDynamoError
-    KeyError), so checkpointed layers are inlined into the graph as before."""
-    if layer.gradient_checkpointing and layer.training:
+    """A layer's parallel form, compiled once per layer kind when PARALLEL_REGIONS, except under gradient
+    checkpointing: a checkpointed layer inside a nested compile region fails to trace (torch 2.13:
+    InternalTorchDynamoError KeyError), so checkpointed layers are inlined into the graph as before."""
+    if not PARALLEL_REGIONS or (layer.gradient_checkpointing and layer.training):
         return layer(hidden, lengths, state)
     return _parallel_layer_region(layer, hidden, lengths, state)
 

@@ -106,8 +106,15 @@ needs_nested_regions = pytest.mark.skipif(
 ALTERNATING = ["bmojo", "full_attention", "bmojo", "full_attention"]
 
 
+@pytest.fixture
+def parallel_regions(monkeypatch):
+    """The parallel form's regions are opt-in (BMOJO_NESTED_COMPILE_PARALLEL=1): on for this test."""
+    from bmojo.modeling_bmojo import modeling
+    monkeypatch.setattr(modeling, "PARALLEL_REGIONS", True)
+
+
 @needs_nested_regions
-def test_training_compiles_each_layer_kind_once():
+def test_training_compiles_each_layer_kind_once(parallel_regions):
     # The parallel form is traced once per layer kind (forward and backward), not once per layer: four
     # layers of two kinds call two subgraphs, each twice, in one graph; the step still equals eager.
     model = training_model(num_hidden_layers=len(ALTERNATING), mixer_types=ALTERNATING)
@@ -121,7 +128,7 @@ def test_training_compiles_each_layer_kind_once():
 
 
 @needs_nested_regions
-def test_compiled_prefill_compiles_each_layer_kind_once():
+def test_compiled_prefill_compiles_each_layer_kind_once(parallel_regions):
     # prefill fills each layer's cache state in place inside its region: logits and states equal eager
     torch.manual_seed(0)
     cfg = bmojo.preset_config("tiny", initializer_range=0.2, use_kernels=False,
@@ -143,7 +150,7 @@ def test_compiled_prefill_compiles_each_layer_kind_once():
     assert len(calls) == len(ALTERNATING) and len(set(calls)) == 2
 
 
-def test_compiled_step_with_gradient_checkpointing_equals_eager():
+def test_compiled_step_with_gradient_checkpointing_equals_eager(parallel_regions):
     # a checkpointed layer cannot sit in a nested compile region: it is inlined, and the step is unchanged
     model = training_model(num_hidden_layers=2, mixer_types=["bmojo", "bmojo"])
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
