@@ -25,7 +25,11 @@ EMPTY = torch.iinfo(torch.int64).max
 
 
 _NO_KEY = torch.iinfo(torch.int64).min
-_LOW_BITS = (1 << 32) - 1
+# Positions take the low 31 bits, not 32: 2^32 - 1 does not fit an int32, and Inductor's Triton code for
+# `_LOW_BITS - pos` with pos an index then multiplies an unsigned constant by -1, which Triton refuses
+# (torch 2.11 / Triton 3.6 on an H200: "Cannot perform a binary operation between an unsigned tensor and a
+# negative scalar").
+_LOW_BITS = (1 << 31) - 1
 # Sets up to this size are ranked by pairwise comparison (S^2 element-wise work, fused by the compiler);
 # larger ones (a chunk's w tokens, a store of hundreds) by one k-th value selection.
 _PAIRWISE_MAX = 64
@@ -35,7 +39,7 @@ def order_key(scores, pos):
     """One int64 per entry ordering (score desc, pos asc) as larger-is-better; empty slots get the minimum.
 
     The float32 score's bits are mapped to an int32 of the same order (negative floats have their magnitude
-    bits flipped), shifted into the high half; the low half is 2^32 - 1 - pos (positions < 2^32)."""
+    bits flipped), shifted into the high half; the low half is 2^31 - 1 - pos (positions < 2^31)."""
     s = scores.float() + 0.0  # -0.0 -> +0.0: the two compare equal as floats, so they must share a key
     bits = s.view(torch.int32)
     monotone = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
