@@ -64,8 +64,8 @@ def _compile_once_per_layer_kind(fn):
     """Hierarchical compilation (torch >= 2.8, `torch.compiler.nested_compile_region`): torch.compile traces
     and optimises a layer once and reuses it for every layer of the same structure, instead of inlining all
     of them into one graph; the step stays one graph (one CUDA graph). Used for the decode step (4 tiny
-    layers on CPU with Inductor: 155 s -> 78 s) and for the parallel form, forward and backward (training
-    and prefill). A no-op in eager mode; `BMOJO_NESTED_COMPILE=0` turns it off (to compare)."""
+    layers on CPU with Inductor: 155 s -> 78 s) and, opt-in (`PARALLEL_REGIONS`), for the parallel form.
+    A no-op in eager mode; `BMOJO_NESTED_COMPILE=0` turns it off (to compare)."""
     region = getattr(torch.compiler, "nested_compile_region", None)
     if region is None or os.environ.get("BMOJO_NESTED_COMPILE", "1") == "0":
         return fn
