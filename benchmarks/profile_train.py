@@ -71,7 +71,8 @@ def main():
         return
     kinds = {}
     for kernel, ms in kernels.items():
-        kinds[kind_of(kernel)] = kinds.get(kind_of(kernel), 0.0) + ms
+        kind = kind_of(kernel)
+        kinds[kind] = kinds.get(kind, 0.0) + ms
     print(f"top kernels by device time ({'compiled' if args.compile else 'eager'} {args.model}):")
     for kernel, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[:args.rows]:
         print(f"  {kernel[:80]:80s} {ms:9.2f} ms  {100 * ms / total:5.1f}%  {kind_of(kernel)[:20]}")
