@@ -63,6 +63,9 @@ def _fwd_kernel(Q, QR, K, V, FK, FV, EK, EV, EVALID, Out, LSE,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
                 HAS_FADING: tl.constexpr, HAS_EIDETIC: tl.constexpr, PRECISION: tl.constexpr):
+    # Inductor passes Python floats to user kernels as fp64 scalars; fp64 * fp32 would turn the
+    # fp32 accumulators into fp64 (a Triton compile error in a loop), so fix the type here
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -151,6 +154,10 @@ def _bwd_dq_kernel(Q, QR, K, V, FK, FV, EK, EV, EVALID, DO, LSE, DELTA, DQ, DQR,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
                    HAS_FADING: tl.constexpr, HAS_EIDETIC: tl.constexpr, PRECISION: tl.constexpr):
+    # Inductor passes Python floats to user kernels as fp64 scalars; fp64 * fp32 would turn the
+    # fp32 accumulators into fp64 (a Triton compile error in a loop), so fix the type here
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -237,6 +244,10 @@ def _bwd_dkv_band_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """One program: key positions [n0, n0 + BN) of one KV head, for one band. Key s is seen by the
     queries s + OFF <= t < s + OFF + WIDTH: the window (OFF 0, WIDTH w) or the fading band (w, n_f)."""
+    # Inductor passes Python floats to user kernels as fp64 scalars; fp64 * fp32 would turn the
+    # fp32 accumulators into fp64 (a Triton compile error in a loop), so fix the type here
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HKV
@@ -280,6 +291,10 @@ def _bwd_dkv_eidetic_kernel(QR, EK, EV, EVALID, DO, LSE, DELTA, DEK, DEV,
                             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):
     """One program: store entries [e0, e0 + BE) of chunk c, one KV head; queries of chunk c."""
+    # Inductor passes Python floats to user kernels as fp64 scalars; fp64 * fp32 would turn the
+    # fp32 accumulators into fp64 (a Triton compile error in a loop), so fix the type here
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid_e = tl.program_id(0)
     pid_c = tl.program_id(1)
     b = pid_c // (NC * HKV)
