@@ -104,7 +104,7 @@ def _decode_kernel(Q0, K0, V0, M0, Q1, K1, V1, M1, Q2, K2, V2, M2, Out, PM, PL, 
     qk_scale = scale * 1.4426950408889634  # log2(e): the softmax runs on exp2
     pid = tl.program_id(0)
     split = tl.program_id(1)
-    b = pid // HKV
+    b = (pid // HKV).to(tl.int64)  # int64 offsets: b * stride passes 2^31 for long full-attention caches
     kvh = pid % HKV
     first = split * tiles_per_split
     last = first + tiles_per_split
