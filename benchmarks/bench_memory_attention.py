@@ -1,6 +1,7 @@
 """Forward + backward time of B'MOJO memory attention: the fused Triton kernel against baselines.
 
     python benchmarks/bench_memory_attention.py [--out results.json] [--lengths 2048 8192]
+    python benchmarks/bench_memory_attention.py --decode [--batches 1 16] [--out decode.json]
 
 Shapes (the paper's layer): B=8, H=Hkv=12, D=64, w=512, n_f=512, M=64 eidetic tokens a chunk, bf16.
 Baselines, all from the same run:
@@ -11,6 +12,14 @@ Baselines, all from the same run:
                 log-sum-exp; compared with the kernel at M = 0
   - flex_3pass  the same plus a third pass over the eidetic set (q_raw), merged likewise; vs kernel at M=64
 Times are medians of CUDA-event timings after warm-up, in ms. Writes JSON (date, device, numbers).
+
+--decode: the single-token step's attention (kernels/memory_attention/decode.py) as one decode step reads
+it: window ring w=512 (full), fading ring w + n_f = 1024 slots of which n_f = 512 are valid (the band),
+eidetic store of 512 (all valid, scored with the raw query), B in --batches, H=Hkv=12, D=64, bf16.
+  - reference_compiled  decode_attention_reference under torch.compile (what the compiled step ran before)
+  - triton              the bmojo::decode_attention op (launcher's default config), and a split sweep
+Each is captured in a CUDA graph (as generate()'s compiled step is) and timed per call on the device, in
+us; GB/s counts the bytes that must be read (valid keys and values, queries, masks) and written.
 """
 
 import argparse
@@ -21,7 +30,8 @@ import traceback
 
 import torch
 
-from bmojo.kernels.memory_attention.naive import memory_attention_chunked
+from bmojo.kernels.memory_attention.decode import decode_attention_triton
+from bmojo.kernels.memory_attention.naive import decode_attention_reference, memory_attention_chunked
 from bmojo.kernels.memory_attention.parallel import memory_attention_triton
 
 B, H, D, W, NF, M = 8, 12, 64, 512, 512, 64
@@ -203,12 +213,138 @@ def sweep_configs(T):
     return out
 
 
+# ---------------------------------------------------------------- decoding (one query per row)
+
+DECODE_LENGTHS = (W, W + NF, 512)  # window ring, fading ring (half of it the band), eidetic store
+DECODE_SPLITS = (1, 2, 4, 8, 16)
+
+
+def decode_segments(batch, dtype=torch.bfloat16, device="cuda"):
+    """The three segments of a B'MOJO decode step, masks as the step builds them (the band: one run of n_f
+    consecutive ring slots, starting anywhere)."""
+    def rnd(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    segments = []
+    for n in DECODE_LENGTHS:
+        segments.append((rnd(batch, H, D), rnd(batch, n, H, D), rnd(batch, n, H, D),
+                         torch.ones(batch, n, dtype=torch.bool, device=device)))
+    band = segments[1][3]
+    slots = torch.arange(W + NF, device=device)
+    start = torch.randint(0, W + NF, (batch, 1), device=device)
+    band.copy_((slots - start) % (W + NF) < NF)
+    return segments
+
+
+def decode_bytes(segments):
+    """Bytes a decode step's attention must move: valid keys and values, queries, masks, the output."""
+    total = 0
+    for q, k, _, mask in segments:
+        per_key = 2 * k.shape[2] * k.shape[3] * k.element_size()
+        total += int(mask.sum()) * per_key + q.numel() * q.element_size() + mask.numel()
+    q = segments[0][0]
+    return total + q.numel() * q.element_size()
+
+
+def graph_time_us(fn, calls=20, reps=7):
+    """Device time of one call: `calls` calls captured in one CUDA graph, replayed; median of reps, us."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (compiles) outside the capture
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / calls)
+    return statistics.median(times)
+
+
+def run_decode(batch, peak_gbs):
+    segments = decode_segments(batch)
+    scale = D ** -0.5
+    nbytes = decode_bytes(segments)
+    row = {"bytes": nbytes}
+    reference = torch.compile(decode_attention_reference, dynamic=False)
+    variants = {"reference_compiled": lambda: reference(segments, scale),
+                "triton": lambda: decode_attention_triton(segments, scale)}
+    for splits in DECODE_SPLITS:
+        variants[f"triton_splits{splits}"] = (
+            lambda s=splits: decode_attention_triton(segments, scale, _config=[64, s, 4, 3]))
+    with torch.no_grad():
+        exact = decode_attention_reference([(q.float(), k.float(), v.float(), m) for q, k, v, m in segments],
+                                           scale)
+        for name, fn in variants.items():
+            try:
+                out = fn().float()
+                us = graph_time_us(fn)
+            except Exception as exc:  # record, don't stop the run
+                row[name] = {"error": repr(exc)[:500]}
+                traceback.print_exc()
+                continue
+            row[name] = {"us": us, "GB/s": nbytes / us / 1e3, "of_peak": nbytes / us / 1e3 / peak_gbs,
+                         "rel_err_vs_fp32": ((out - exact).norm() / exact.norm()).item()}
+    return row
+
+
+def main_decode(args):
+    torch.manual_seed(0)
+    results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+               "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+               "triton": __import__("triton").__version__,
+               "shape": dict(H=H, Hkv=H, D=D, segments=list(DECODE_LENGTHS), band_valid=NF, dtype="bfloat16"),
+               "timing": "device time per call, in a CUDA graph of 20 calls, median of 7 replays, us"}
+    for batch in args.batches:
+        results[f"B{batch}"] = run_decode(batch, args.peak_gbs)
+    with open(args.out, "w") as fh:
+        json.dump(results, fh, indent=1)
+    print(f"\ndecode attention, us per call (GB/s, fraction of {args.peak_gbs:.0f} GB/s)")
+    for batch in args.batches:
+        row = results[f"B{batch}"]
+        print(f"B={batch:3d}  {row['bytes'] / 1e6:.1f} MB")
+        for name, r in row.items():
+            if name == "bytes":
+                continue
+            if "error" in r:
+                print(f"   {name:22s} error {r['error'][:100]}")
+            else:
+                print(f"   {name:22s} {r['us']:8.1f} us  {r['GB/s']:7.0f} GB/s  {r['of_peak']:5.2f}"
+                      f"  rel err {r['rel_err_vs_fp32']:.1e}")
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="bench_memory_attention.json")
+    parser.add_argument("--out", default=None,
+                        help="JSON results (default bench_memory_attention[_decode].json)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--sweep", action="store_true", help="time tile configs at the last length")
+    parser.add_argument("--decode", action="store_true",
+                        help="time the single-token (decode) attention instead")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="--decode: batch sizes")
+    parser.add_argument("--peak-gbs", type=float, default=4800.0,
+                        help="--decode: the device's memory bandwidth, GB/s (H200: 4800)")
     args = parser.parse_args()
+    if any(b < 1 for b in args.batches):
+        parser.error(f"--batches must be >= 1; got {args.batches}")
+    if args.peak_gbs <= 0:
+        parser.error(f"--peak-gbs must be > 0; got {args.peak_gbs}")
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA device")
+    if args.decode:
+        args.out = args.out or "bench_memory_attention_decode.json"
+        return main_decode(args)
+    args.out = args.out or "bench_memory_attention.json"
     torch.manual_seed(0)
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                "device": torch.cuda.get_device_name(), "torch": torch.__version__,

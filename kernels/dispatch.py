@@ -5,7 +5,7 @@ import functools
 
 import torch
 
-from .memory_attention.naive import memory_attention_chunked
+from .memory_attention.naive import decode_attention_reference, memory_attention_chunked
 from .ssd.naive import ssd_chunked
 from .ssd.naive import ssd_step as _ssd_step_reference
 
@@ -77,3 +77,18 @@ def memory_attention(q_rot, k, v, window, use_kernels="auto", **kwargs):
         from .memory_attention.parallel import memory_attention_triton
         return memory_attention_triton(q_rot, k, v, window, **kwargs)
     return memory_attention_chunked(q_rot, k, v, window, **kwargs)
+
+
+def _needs_grad(segments):
+    return torch.is_grad_enabled() and any(t.requires_grad for seg in segments for t in seg[:3])
+
+
+def decode_attention(segments, scale, use_kernels="auto"):
+    """One query per row against 1 to 3 key segments [(q [B, H, D], k, v [B, S, Hkv, D], mask [B, S])],
+    one softmax -> [B, H, D]. The Triton kernel has no backward: when a gradient is needed, the reference
+    runs."""
+    if use_triton(segments[0][0], use_kernels) and not _needs_grad(segments):
+        # imported here, not at the top: it imports triton, which CPU-only installs may lack
+        from .memory_attention.decode import decode_attention_triton
+        return decode_attention_triton(segments, scale)
+    return decode_attention_reference(segments, scale)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.dispatch import memory_attention
+from ..kernels.dispatch import decode_attention, memory_attention
 from .common import RMSNorm, rope_angles, rotate
 from .innovation import InnovationPredictor, parallel_eidetic, sets_after_prefill, step_sets
 from .mamba2 import Mamba2Mixer
@@ -80,24 +80,10 @@ class Attention(nn.Module):
 
     def _attend(self, q_rot, segments):
         """One query per row against key segments: q_rot [B, H, D], segments [(q [B, H, D], k [B, S, Hkv, D],
-        v, mask [B, S])] -> [B, H, D], one softmax over all segments.
-
-        Written as broadcasts and sums with float32 accumulation, not float32 copies of the keys and einsums:
-        a compiled decode step then reads each bf16 key and value once, in fused reductions (DESIGN.md §5)."""
-        batch, group = q_rot.shape[0], self.heads // self.kv_heads
-        scale = 1.0 / math.sqrt(self.head_dim)
-        logits = []
-        for q, k, _, mask in segments:
-            q = q.reshape(batch, 1, self.kv_heads, group, self.head_dim).float()
-            s = (q * k[:, :, :, None, :].float()).sum(-1) * scale  # (B, S, Hkv, G)
-            logits.append(s.masked_fill(~mask[:, :, None, None], float("-inf")))
-        p = torch.softmax(torch.cat(logits, dim=1), dim=1)
-        out, start = 0.0, 0
-        for (_, _, v, _), s in zip(segments, logits):
-            weights = p[:, start:start + s.shape[1], :, :, None]
-            out = out + (weights * v[:, :, :, None, :].float()).sum(1)  # (B, Hkv, G, D)
-            start += s.shape[1]
-        return out.reshape(batch, self.heads, self.head_dim).to(q_rot.dtype)
+        v, mask [B, S])] -> [B, H, D] in q_rot's dtype, one softmax over all segments (a row without a valid
+        key gets zeros). The fused Triton kernel on CUDA, else the reference (kernels/dispatch.py)."""
+        o = decode_attention(segments, 1.0 / math.sqrt(self.head_dim), use_kernels=self.use_kernels)
+        return o.to(q_rot.dtype)
 
     def rotate_one(self, pos, *tensors):
         """RoPE at positions pos [B] for one token per row: each tensor [B, H, D]."""

@@ -15,7 +15,9 @@ import torch
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 try:
-    from bmojo.kernels.memory_attention.naive import memory_attention_chunked, memory_attention_naive
+    from bmojo.kernels.memory_attention.decode import decode_attention_triton
+    from bmojo.kernels.memory_attention.naive import (decode_attention_reference, memory_attention_chunked,
+                                                      memory_attention_naive)
     from bmojo.kernels.memory_attention.parallel import memory_attention_triton
 except Exception as exc:  # a Triton build that cannot load the kernels
     pytest.skip(f"Triton kernels unavailable here: {exc!r}", allow_module_level=True)
@@ -240,3 +242,200 @@ def test_gpu_bf16_batch8():
     args = make_inputs(8, 2048, 12, 12, 64, 512, 512, 64, dtype=torch.bfloat16)
     errs = compare(args, memory_attention_chunked, torch.float32, label="B8 bf16 (fp32 reference)")
     assert max(errs.values()) < 1e-2, errs
+
+
+# ---------------------------------------------------------------- decoding: one query against key segments
+# kernels/memory_attention/decode.py against decode_attention_reference (naive.py), the function the
+# model's decode step ran before the kernel existed.
+
+def decode_segments(B, H, Hkv, D, lengths, dtype=torch.float32, device=DEVICE, p_valid=0.6, seed=0):
+    """[(q [B, H, D], k, v [B, S, Hkv, D], mask [B, S])] per length; each segment has its own query."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, device=device).to(dtype)
+
+    return [(rnd(B, H, D), rnd(B, S, Hkv, D), rnd(B, S, Hkv, D),
+             torch.rand(B, S, generator=gen, device=device) < p_valid) for S in lengths]
+
+
+def as_dtype(segments, dtype):
+    return [(q.to(dtype), k.to(dtype), v.to(dtype), m) for q, k, v, m in segments]
+
+
+def decode_by_loop(segments, scale):
+    """The definition, row by row and head by head: softmax over the valid keys of all segments."""
+    q0 = segments[0][0]
+    batch, heads, dim = q0.shape
+    group = heads // segments[0][1].shape[2]
+    out = torch.zeros(batch, heads, dim, dtype=torch.float64)
+    for b in range(batch):
+        for h in range(heads):
+            logits = torch.cat([k[b, m[b], h // group].double() @ q[b, h].double()
+                                for q, k, _, m in segments])
+            values = torch.cat([v[b, m[b], h // group].double() for _, _, v, m in segments])
+            if len(logits):
+                out[b, h] = torch.softmax(logits * scale, 0) @ values
+    return out
+
+
+def test_decode_reference_matches_definition():
+    """The reference (what CPU decoding runs): GQA, three segments, rows whose segments are partly or
+    wholly masked, and a row without any valid key, which gets zeros (not NaN)."""
+    segments = decode_segments(3, 4, 2, 8, (5, 7, 3), device="cpu")
+    segments[1][3][0] = False  # row 0: no fading key
+    for _, _, _, m in segments:
+        m[2] = False  # row 2: no key at all
+    out = decode_attention_reference(segments, 8 ** -0.5)
+    assert out.dtype == torch.float32 and out.shape == (3, 4, 8)
+    assert torch.isfinite(out).all() and not out[2].any()
+    assert rel_err(out, decode_by_loop(segments, 8 ** -0.5)) < 1e-6
+
+
+DECODE_CASES = [  # B, H, Hkv, D, segment lengths, [BLOCK_N, splits, warps, stages]
+    (2, 2, 2, 16, (9,), [16, 1, 1, 1]),             # window only, one launch
+    (2, 2, 1, 24, (5, 21), [16, 2, 1, 1]),          # GQA G=2, D not a power of 2, two splits
+    (2, 2, 2, 16, (5, 21, 9), [16, 1, 1, 1]),       # three segments, lengths not multiples of the tile
+    (1, 4, 1, 16, (17, 33, 3), [16, 3, 1, 1]),      # G=4 (tl.dot path, rows padded to 16), three splits
+]
+
+
+@on_interpreter
+@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: "B{}-H{}-Hkv{}-D{}-S{}-cfg{}".format(*c))
+def test_interpreter_decode_matches_reference(case):
+    B, H, Hkv, D, lengths, config = case
+    segments = decode_segments(B, H, Hkv, D, lengths)
+    if len(lengths) > 1:
+        segments[1][3][0] = False  # row 0 has an all-masked segment
+    scale = D ** -0.5
+    out = decode_attention_triton(segments, scale, _config=config)
+    ref = decode_attention_reference(as_dtype(segments, torch.float64), scale)
+    err = rel_err(out, ref)
+    print(f"\ndecode {case} fp32 rel err {err:.1e}")
+    assert out.dtype == torch.float32 and out.shape == (B, H, D) and err < 1e-5
+
+
+@on_interpreter
+def test_interpreter_decode_bf16_strided_and_empty_rows():
+    """bf16 in and out; keys and queries that are strided views (not contiguous); a row without any valid
+    key (zeros, as the reference); an empty segment (S = 0) contributes nothing."""
+    segments = decode_segments(3, 2, 1, 16, (7, 20), dtype=torch.bfloat16)
+    wide = torch.randn(3, 20, 1, 32).to(torch.bfloat16)
+    q_t = torch.randn(2, 3, 16).to(torch.bfloat16).transpose(0, 1)  # [B, H, D], strides (16, 48, 1)
+    segments[1] = (q_t, wide[..., :16], wide[..., 16:], segments[1][3])
+    for _, _, _, m in segments:
+        m[1] = False
+    q, k, v, m = segments[0]
+    segments.append((q, k[:, :0], v[:, :0], m[:, :0]))  # S = 0 (an eidetic store of capacity 0)
+    out = decode_attention_triton(segments, 0.25, _config=[16, 2, 1, 1])
+    ref = decode_attention_reference(as_dtype(segments[:2], torch.float64), 0.25)
+    err = rel_err(out, ref)
+    print(f"\ndecode bf16 rel err {err:.1e}")
+    assert out.dtype == torch.bfloat16 and not out[1].any() and err < 1e-2
+
+
+@on_interpreter
+def test_interpreter_decode_op_opcheck_and_compiles_fullgraph(monkeypatch):
+    """bmojo::decode_attention passes opcheck (schema, fake implementation, dynamic-shape AOT dispatch) with
+    one and three segments; the dispatcher, made to choose Triton on CPU, traces into one graph (aot_eager
+    runs the op) and equals eager."""
+    from bmojo.kernels import dispatch
+    monkeypatch.setattr(dispatch, "use_triton", lambda tensor, use_kernels: True)
+    op = torch.ops.bmojo.decode_attention.default
+    segments = decode_segments(2, 2, 1, 16, (5, 21, 9))
+    flat = [t for seg in segments for t in seg]
+    torch.library.opcheck(op, (*flat, 0.25, [16, 2, 1, 1]))
+    torch.library.opcheck(op, (*flat[:4], *[None] * 8, 0.25, [16, 1, 1, 1]))
+
+    def step(*tensors):
+        segs = [tuple(tensors[i:i + 4]) for i in range(0, len(tensors), 4)]
+        return dispatch.decode_attention(segs, 0.25)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    out = compiled(*flat)
+    torch._dynamo.reset()
+    assert "decode_attention" in str(torch._dynamo.explain(step)(*flat).graphs[0].code)
+    torch.testing.assert_close(out, step(*flat), rtol=0, atol=0)
+
+
+@on_interpreter
+def test_interpreter_decode_dispatch(monkeypatch):
+    """decode_attention runs the kernel when Triton is chosen and no gradient is needed, else the reference
+    (the kernel has no backward)."""
+    from bmojo.kernels import dispatch
+    from bmojo.kernels.memory_attention import decode
+    calls = []
+    real = decode.decode_attention_triton
+    monkeypatch.setattr(decode, "decode_attention_triton",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(dispatch, "use_triton", lambda tensor, use_kernels: use_kernels is not False)
+    segments = decode_segments(1, 2, 1, 16, (5, 6))
+    ref = dispatch.decode_attention(segments, 0.25, use_kernels=False)
+    assert not calls
+    torch.testing.assert_close(dispatch.decode_attention(segments, 0.25), ref, rtol=1e-5, atol=1e-6)
+    assert calls == [1]
+    q = segments[0][0].clone().requires_grad_()
+    out = dispatch.decode_attention([(q, *segments[0][1:]), segments[1]], 0.25)
+    assert calls == [1] and out.requires_grad
+    with torch.no_grad():
+        dispatch.decode_attention([(q, *segments[0][1:]), segments[1]], 0.25)
+    assert calls == [1, 1]
+
+
+# GPU: the paper's layer as the decode step sees it: window ring w=512, fading ring w + n_f = 1024 slots of
+# which the oldest n_f = 512 are the band (half masked), eidetic store M = 512 (scored with the raw query)
+DECODE_GPU_CASES = [  # B, H, Hkv, lengths, config (None: the launcher's default)
+    (16, 12, 12, (512, 1024, 512), None),
+    (1, 12, 12, (512, 1024, 512), None),        # small batch: split + merge
+    (16, 12, 12, (512, 1024, 512), [64, 4, 4, 3]),
+    (3, 12, 4, (512, 1000, 37), None),          # GQA G=3 (tl.dot path), ragged lengths
+    (2, 8, 8, (300,), None),                    # one segment
+]
+
+
+def band_masks(segments):
+    """Realistic masks: the window ring full, the band ring half valid (one contiguous run of slots)."""
+    if len(segments) > 1:
+        mask = segments[1][3]
+        slots = torch.arange(mask.shape[1], device=mask.device)
+        start = torch.randint(0, mask.shape[1], (mask.shape[0], 1), device=mask.device)
+        mask.copy_((slots - start) % mask.shape[1] < mask.shape[1] // 2)
+    segments[0][3].fill_(True)
+    return segments
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-4)], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("case", DECODE_GPU_CASES, ids=lambda c: "B{}-H{}-Hkv{}-S{}-cfg{}".format(*c))
+def test_gpu_decode_matches_reference(case, dtype, tol):
+    B, H, Hkv, lengths, config = case
+    segments = band_masks(decode_segments(B, H, Hkv, 64, lengths, dtype=dtype))
+    if B > 1 and len(lengths) > 2:
+        segments[2][3][1] = False  # an empty eidetic store in row 1
+    out = decode_attention_triton(segments, 0.125, _config=config)
+    ref = decode_attention_reference(as_dtype(segments, torch.float64), 0.125)
+    err = rel_err(out, ref)
+    print(f"\ndecode {case} {dtype} rel err {err:.1e}")
+    assert out.dtype == dtype and torch.isfinite(out).all() and err < tol
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_gpu_decode_compiles_fullgraph(mode):
+    """The dispatcher inside torch.compile(fullgraph=True) (Inductor; CUDA graphs with reduce-overhead, as
+    generate()'s compiled decode step) equals the eager kernel."""
+    from bmojo.kernels.dispatch import decode_attention
+    segments = band_masks(decode_segments(4, 12, 12, 64, (512, 1024, 512), dtype=torch.bfloat16))
+    flat = [t for seg in segments for t in seg]
+
+    def step(*tensors):
+        segs = [tuple(tensors[i:i + 4]) for i in range(0, len(tensors), 4)]
+        return decode_attention(segs, 0.125, use_kernels=True)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, mode=mode)
+    eager = step(*flat)
+    for _ in range(3):  # reduce-overhead records its CUDA graph on a later call
+        out = compiled(*flat)
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)

@@ -139,3 +139,35 @@ def memory_attention_chunked(q_rot, k, v, window, q_raw=None, fading_keys=None, 
         outs.append(attend_segments(segments, scale).to(q_rot.dtype))  # (B, NBg, w, Hkv, G, D)
     o = torch.cat(outs, dim=1)
     return o.reshape(batch, nblocks * w, heads, dim)[:, :seqlen]
+
+
+def decode_attention_reference(segments, scale):
+    """One query per row against key segments in ONE softmax (the decoding step of every attention mixer).
+
+    segments: 1 or more tuples (q [B, H, D], k [B, S, Hkv, D], v [B, S, Hkv, D], mask [B, S] bool); each
+    segment has its own query (the eidetic store is scored with the un-rotated one); query head h reads
+    kv head h // (H / Hkv). Returns [B, H, D] in the first query's dtype. A row with no valid key in any
+    segment gets zeros (the softmax of nothing is defined as no output, not NaN).
+
+    Written as broadcasts and sums with float32 accumulation, not float32 copies of the keys and einsums:
+    a compiled decode step then reads each bf16 key and value once, in fused reductions (DESIGN.md §5)."""
+    q0 = segments[0][0]
+    batch, heads, dim = q0.shape
+    kv_heads = segments[0][1].shape[2]
+    group = heads // kv_heads
+    acc = accumulation_dtype(q0)
+    logits, masks = [], []
+    for q, k, _, mask in segments:
+        q = q.reshape(batch, 1, kv_heads, group, dim).to(acc)
+        s = (q * k[:, :, :, None, :].to(acc)).sum(-1) * scale  # (B, S, Hkv, G)
+        logits.append(s.masked_fill(~mask[:, :, None, None], float("-inf")))
+        masks.append(mask)
+    p = torch.softmax(torch.cat(logits, dim=1), dim=1)
+    any_valid = torch.cat(masks, dim=1).any(dim=1)  # (B,): rows without one valid key softmax to NaN
+    p = p.masked_fill(~any_valid[:, None, None, None], 0.0)
+    out, start = 0.0, 0
+    for (_, _, v, _), s in zip(segments, logits):
+        weights = p[:, start:start + s.shape[1], :, :, None]
+        out = out + (weights * v[:, :, :, None, :].to(acc)).sum(1)  # (B, Hkv, G, D)
+        start += s.shape[1]
+    return out.reshape(batch, heads, dim).to(q0.dtype)
