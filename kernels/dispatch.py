@@ -2,6 +2,7 @@
 plain-PyTorch reference. Every variant shares one signature, so callers never branch."""
 
 import functools
+import os
 
 import torch
 
@@ -83,11 +84,16 @@ def _needs_grad(segments):
     return torch.is_grad_enabled() and any(t.requires_grad for seg in segments for t in seg[:3])
 
 
+# The fused decode kernel (memory_attention/decode.py) is opt-in until it has run on a GPU: it was
+# written and tested under the Triton interpreter only (DESIGN.md §5). BMOJO_DECODE_KERNEL=1 turns it on.
+DECODE_KERNEL = os.environ.get("BMOJO_DECODE_KERNEL", "0") == "1"
+
+
 def decode_attention(segments, scale, use_kernels="auto"):
     """One query per row against 1 to 3 key segments [(q [B, H, D], k, v [B, S, Hkv, D], mask [B, S])],
     one softmax -> [B, H, D]. The Triton kernel has no backward: when a gradient is needed, the reference
     runs."""
-    if use_triton(segments[0][0], use_kernels) and not _needs_grad(segments):
+    if DECODE_KERNEL and use_triton(segments[0][0], use_kernels) and not _needs_grad(segments):
         # imported here, not at the top: it imports triton, which CPU-only installs may lack
         from .memory_attention.decode import decode_attention_triton
         return decode_attention_triton(segments, scale)

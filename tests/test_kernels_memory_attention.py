@@ -341,6 +341,7 @@ def test_interpreter_decode_op_opcheck_and_compiles_fullgraph(monkeypatch):
     runs the op) and equals eager."""
     from bmojo.kernels import dispatch
     monkeypatch.setattr(dispatch, "use_triton", lambda tensor, use_kernels: True)
+    monkeypatch.setattr(dispatch, "DECODE_KERNEL", True)  # opt-in until measured on a GPU
     op = torch.ops.bmojo.decode_attention.default
     segments = decode_segments(2, 2, 1, 16, (5, 21, 9))
     flat = [t for seg in segments for t in seg]
@@ -370,6 +371,7 @@ def test_interpreter_decode_dispatch(monkeypatch):
     monkeypatch.setattr(decode, "decode_attention_triton",
                         lambda *a, **kw: calls.append(1) or real(*a, **kw))
     monkeypatch.setattr(dispatch, "use_triton", lambda tensor, use_kernels: use_kernels is not False)
+    monkeypatch.setattr(dispatch, "DECODE_KERNEL", True)  # opt-in until measured on a GPU
     segments = decode_segments(1, 2, 1, 16, (5, 6))
     ref = dispatch.decode_attention(segments, 0.25, use_kernels=False)
     assert not calls
@@ -422,10 +424,12 @@ def test_gpu_decode_matches_reference(case, dtype, tol):
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_gpu_decode_compiles_fullgraph(mode):
+def test_gpu_decode_compiles_fullgraph(mode, monkeypatch):
     """The dispatcher inside torch.compile(fullgraph=True) (Inductor; CUDA graphs with reduce-overhead, as
     generate()'s compiled decode step) equals the eager kernel."""
+    from bmojo.kernels import dispatch
     from bmojo.kernels.dispatch import decode_attention
+    monkeypatch.setattr(dispatch, "DECODE_KERNEL", True)
     segments = band_masks(decode_segments(4, 12, 12, 64, (512, 1024, 512), dtype=torch.bfloat16))
     flat = [t for seg in segments for t in seg]
 
