@@ -89,6 +89,10 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None, None, None
 
 
+def _describe(x):
+    return f"shape {tuple(x.shape)} {x.dtype}" if torch.is_tensor(x) else repr(x)
+
+
 def linear_cross_entropy(hidden, weight, labels, ignore_index=-100, chunk_size=None):
     """Sum over tokens with `labels != ignore_index` of cross_entropy(hidden @ weight^T, labels), in chunks.
 
@@ -105,27 +109,26 @@ def linear_cross_entropy(hidden, weight, labels, ignore_index=-100, chunk_size=N
     Returns:
         A scalar: float32 (float64 for float64 inputs) sum of the token losses; 0 if every label is ignored.
     """
+    where = "linear_cross_entropy"
     if not torch.is_tensor(hidden) or hidden.dim() != 2:
-        raise ValueError(f"linear_cross_entropy: hidden must be a 2-D tensor [N, d], got "
-                         f"{tuple(hidden.shape) if torch.is_tensor(hidden) else type(hidden).__name__}")
-    if not torch.is_tensor(weight) or weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
-        raise ValueError(f"linear_cross_entropy: weight must be a 2-D tensor [V, d] with d = {hidden.shape[1]} "
-                         f"(hidden's width), got {tuple(weight.shape) if torch.is_tensor(weight) else weight!r}")
+        raise ValueError(f"{where}: hidden must be a 2-D tensor [N, d], got {_describe(hidden)}")
+    n, d = hidden.shape
+    if not torch.is_tensor(weight) or weight.dim() != 2 or weight.shape[1] != d:
+        raise ValueError(f"{where}: weight must be a 2-D tensor [V, d] with d = {d} (hidden's width), "
+                         f"got {_describe(weight)}")
     if weight.dtype != hidden.dtype:
-        raise ValueError(f"linear_cross_entropy: weight's dtype must equal hidden's ({hidden.dtype}), "
-                         f"got {weight.dtype}")
-    if not torch.is_tensor(labels) or labels.shape != hidden.shape[:1] or labels.dtype != torch.long:
-        raise ValueError(f"linear_cross_entropy: labels must be an int64 tensor of shape ({hidden.shape[0]},), "
-                         f"got {tuple(labels.shape) if torch.is_tensor(labels) else labels!r}"
-                         f"{' ' + str(labels.dtype) if torch.is_tensor(labels) else ''}")
+        raise ValueError(f"{where}: weight's dtype must equal hidden's ({hidden.dtype}), got {weight.dtype}")
+    if not torch.is_tensor(labels) or labels.shape != (n,) or labels.dtype != torch.long:
+        raise ValueError(f"{where}: labels must be an int64 tensor of shape ({n},), got {_describe(labels)}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise ValueError(f"linear_cross_entropy: ignore_index must be an integer, got {ignore_index!r}")
+        raise ValueError(f"{where}: ignore_index must be an integer, got {ignore_index!r}")
     if chunk_size is None:
         chunk_size = default_chunk_size(weight.shape[0])
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"linear_cross_entropy: chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+        raise ValueError(f"{where}: chunk_size must be None or an integer >= 1, got {chunk_size!r}")
     grad_on = torch.is_grad_enabled()
     need_dh, need_dw = grad_on and hidden.requires_grad, grad_on and weight.requires_grad
     if not (need_dh or need_dw):
         return _forward_and_grads(hidden, weight, labels, ignore_index, chunk_size, False, False)[0]
-    return LinearCrossEntropyFunction.apply(hidden, weight, labels, ignore_index, chunk_size, need_dh, need_dw)
+    return LinearCrossEntropyFunction.apply(hidden, weight, labels, ignore_index, chunk_size,
+                                            need_dh, need_dw)

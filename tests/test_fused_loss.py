@@ -136,11 +136,12 @@ def test_bad_config_value_raises():
         bmojo.preset_config("tiny", fused_linear_cross_entropy="yes")
 
 
+@pytest.mark.slow  # Inductor compiles the model's C++ kernels: about 1-3 minutes on a shared CPU
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="Inductor needs g++")
 def test_compiled_training_step_equals_eager():
     torch._dynamo.reset()
     try:
-        model = train_model(True)
+        model = train_model(True, num_hidden_layers=1)
         eager_out, eager_grads = step(model, **batch())
         compiled_out, compiled_grads = step(torch.compile(model), **batch())
     finally:
