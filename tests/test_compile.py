@@ -156,8 +156,10 @@ def test_compiled_prefill_compiles_each_layer_kind_once(parallel_regions):
 
 
 def test_compiled_step_with_gradient_checkpointing_equals_eager(parallel_regions):
-    # a checkpointed layer cannot sit in a nested compile region: it is inlined, and the step is unchanged
-    model = training_model(num_hidden_layers=2, mixer_types=["bmojo", "bmojo"])
+    # a checkpointed layer cannot sit in a nested compile region: it is inlined, and the step is unchanged.
+    # The unfused loss here, so that a compiled training step's logits are compared too.
+    model = training_model(num_hidden_layers=2, mixer_types=["bmojo", "bmojo"],
+                           fused_linear_cross_entropy=False)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     inputs, graphs = batch(), []
     eager = step(model, inputs)
