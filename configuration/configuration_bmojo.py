@@ -116,6 +116,10 @@ class BMojoConfig(PretrainedConfig):
             (PyTorch's default Linear bound) without depth scaling.
         rms_norm_eps (`float`, *optional*, defaults to 1e-5), initializer_range (`float`, defaults to 0.02).
         use_kernels (`"auto"`, `True` or `False`): Triton kernels on CUDA (`"auto"`), always, or never.
+        fused_linear_cross_entropy (`bool`, *optional*, defaults to `True`): in training mode with labels,
+            compute the LM loss with `lm_head` in chunks of tokens (`modeling_bmojo/loss.py`), so the
+            [B, T, vocab] logits are never materialised; such forwards then return `logits=None`. Eval mode,
+            forwards without labels and `logits_to_keep != 0` are unchanged.
     """
 
     model_type = "bmojo"
@@ -158,6 +162,7 @@ class BMojoConfig(PretrainedConfig):
         eos_token_id=2,
         use_kernels="auto",
         use_cache=True,
+        fused_linear_cross_entropy=True,
         **kwargs,
     ):
         kwargs.pop("layer_types", None)  # derived from mixer_types, never stored twice
@@ -197,6 +202,7 @@ class BMojoConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.use_kernels = use_kernels
         self.use_cache = use_cache
+        self.fused_linear_cross_entropy = fused_linear_cross_entropy
         # Also set by PretrainedConfig.__init__ below; set first so that _validate sees them.
         self.tie_word_embeddings = tie_word_embeddings
         self.pad_token_id = pad_token_id
@@ -301,6 +307,7 @@ class BMojoConfig(PretrainedConfig):
             raise ValueError(f'BMojoConfig.use_kernels must be "auto", True or False, '
                              f'got {self.use_kernels!r}')
         _check_bool("use_cache", self.use_cache)
+        _check_bool("fused_linear_cross_entropy", getattr(self, "fused_linear_cross_entropy", True))
 
     @property
     def ssm_inner_size(self):

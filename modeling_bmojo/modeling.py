@@ -27,6 +27,7 @@ from .cache import CACHE_NAME, BMojoCache, _fingerprint, check_cache, check_cach
 from .checkpoint import load_checked
 from .common import RMSNorm, swiglu
 from .inputs import check_inputs, left_justify_order, output_hidden_states_flag
+from .loss import linear_cross_entropy
 from .mamba2 import Mamba2Mixer, ssm_init_values
 
 
@@ -43,7 +44,9 @@ class BMojoCausalLMOutput(CausalLMOutputWithPast):
     """`loss` = LM loss + `innovation_loss` when labels are given. When the Trainer passes
     `num_items_in_batch`, both terms are sums over this batch's tokens divided by it (the innovation term by
     its token sum, so `innovation_loss` x tokens / `num_items_in_batch`); `innovation_loss` is unweighted.
-    `attentions` is always None, as in `BMojoModelOutput`."""
+    `attentions` is always None, as in `BMojoModelOutput`. `logits` is None in training mode with labels
+    when `config.fused_linear_cross_entropy` is on (and `logits_to_keep` is 0): the LM loss is then computed
+    in chunks of tokens without materialising them (`loss.linear_cross_entropy`)."""
 
     innovation_loss: torch.FloatTensor | None = None
 
@@ -366,6 +369,21 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
             inputs["attention_mask"] = mask[:, -new:].clone(memory_format=torch.contiguous_format)
         return inputs
 
+    def _fused_lm_loss(self, hidden, labels, num_items_in_batch=None, ignore_index=-100, shift_labels=None,
+                       **kwargs):
+        """HF's `ForCausalLMLoss` (labels shifted left by one, padded with `ignore_index`; the sum over
+        `num_items_in_batch` when given, else the mean over labelled tokens), by `linear_cross_entropy`."""
+        if shift_labels is None:
+            shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+        shift_labels = shift_labels.reshape(-1).to(hidden.device)  # (B * T,)
+        total = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, shift_labels,
+                                     ignore_index=ignore_index)
+        if num_items_in_batch is None:
+            return total / (shift_labels != ignore_index).sum()
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(total.device)
+        return total / num_items_in_batch
+
     @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None,
@@ -376,7 +394,10 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
                              output_attentions=output_attentions, return_dict=True)
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else slice(None)
-        logits = self.lm_head(hidden[:, keep])
+        fused = (self.training and labels is not None and self.config.fused_linear_cross_entropy
+                 and isinstance(logits_to_keep, int) and logits_to_keep == 0
+                 and isinstance(self.lm_head, nn.Linear) and self.lm_head.bias is None)
+        logits = None if fused else self.lm_head(hidden[:, keep])
         loss = None
         if labels is not None:
             innovation, items = outputs.innovation_loss, kwargs.get("num_items_in_batch")
@@ -390,7 +411,11 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
                 tokens = attention_mask[:, -new:].sum() if attention_mask is not None else batch * new
                 innovation = innovation * torch.as_tensor(tokens, device=innovation.device) / torch.as_tensor(
                     items, device=innovation.device)
-            loss = self.loss_function(logits, labels, self.vocab_size, **kwargs) + innovation
+            if fused:
+                lm_loss = self._fused_lm_loss(hidden, labels, **kwargs)
+            else:
+                lm_loss = self.loss_function(logits, labels, self.vocab_size, **kwargs)
+            loss = lm_loss + innovation
         return BMojoCausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                    innovation_loss=outputs.innovation_loss,
                                    **{CACHE_NAME: getattr(outputs, CACHE_NAME)})
