@@ -30,6 +30,7 @@ BAD_CONFIG_VALUES = [
     ("num_key_value_heads", 3, "num_key_value_heads"),
     ("head_dim", 15, "head_dim"),
     ("qk_norm", "yes", "qk_norm"),
+    ("fused_linear_cross_entropy", "yes", "fused_linear_cross_entropy"),
     ("qk_norm", 1, "qk_norm"),
     ("window_size", 0, "window_size"),
     ("fading_tokens", -1, "fading_tokens"),
