@@ -15,6 +15,8 @@ only scales them by the incoming gradient (the loss is a sum, so d loss/d h is l
 
 import torch
 
+from ..kernels.memory_attention.naive import accumulation_dtype
+
 # A chunk's float32 logits take at most this many bytes by default (256 MiB).
 _CHUNK_LOGIT_BYTES = 2 ** 28
 
@@ -25,14 +27,9 @@ def default_chunk_size(vocab_size):
     return rows - rows % 8 if rows >= 8 else rows
 
 
-def _accumulation_dtype(dtype):
-    """float32 for bf16/fp16/fp32 inputs; float64 stays float64."""
-    return torch.promote_types(dtype, torch.float32)
-
-
 def _chunk_loss_and_grad(h, weight, labels, ignore_index, need_grad):
     """Summed loss of one chunk and, if `need_grad`, d loss / d logits (in h's dtype)."""
-    acc = _accumulation_dtype(h.dtype)
+    acc = accumulation_dtype(h)
     logits = (h @ weight.t()).to(acc)  # (n, V)
     lse = torch.logsumexp(logits, dim=-1)  # (n,)
     valid = labels != ignore_index
@@ -49,7 +46,7 @@ def _chunk_loss_and_grad(h, weight, labels, ignore_index, need_grad):
 
 def _forward_and_grads(hidden, weight, labels, ignore_index, chunk_size, need_dh, need_dw):
     """Loss sum and the gradients dh (hidden's dtype) and dW (float32 or float64) for grad_output = 1."""
-    acc = _accumulation_dtype(hidden.dtype)
+    acc = accumulation_dtype(hidden)
     need_grad = need_dh or need_dw
     loss = torch.zeros((), dtype=acc, device=hidden.device)
     dh = torch.zeros_like(hidden) if need_dh else None
