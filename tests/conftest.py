@@ -45,6 +45,15 @@ def random_ids(batch, length, seed=0, vocab=128):
     return torch.randint(3, vocab, (batch, length), generator=g)
 
 
+def left_padded_batch():
+    """Two rows of 21 tokens with labels, the second left-padded by 5 tokens (labels -100 there)."""
+    ids = random_ids(2, 21, seed=1)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    return dict(input_ids=ids, attention_mask=mask, labels=labels)
+
+
 def cache_of(out):
     """The cache a forward pass returned: `out.cache` since transformers 5.24, where `out.past_key_values`
     still works but logs a deprecation warning; `out.past_key_values` before. (Our forward takes the

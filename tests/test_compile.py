@@ -13,22 +13,16 @@ import pytest
 import torch
 
 import bmojo
-from conftest import random_ids
+from conftest import left_padded_batch, random_ids, tiny_model
 
 
 def training_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    cfg = bmojo.preset_config("tiny", **{"initializer_range": 0.2, "use_kernels": False, **overrides})
-    return bmojo.BMojoForCausalLM(cfg).train()
+    return tiny_model(seed, use_kernels=False, **overrides).train()
 
 
 def batch():
     """Two rows, the second left-padded by 5 tokens: padding is moved behind each row's tokens in-graph."""
-    ids = random_ids(2, 21, seed=1)
-    mask = torch.ones_like(ids)
-    mask[1, :5] = 0
-    labels = ids.masked_fill(mask == 0, -100)
-    return dict(input_ids=ids, attention_mask=mask, labels=labels)
+    return left_padded_batch()
 
 
 def step(model, inputs):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import bmojo
 from bmojo.modeling_bmojo.loss import default_chunk_size, linear_cross_entropy
-from conftest import random_ids
+from conftest import left_padded_batch, tiny_model
 
 
 def reference(hidden, weight, labels):
@@ -84,19 +84,13 @@ def test_default_chunk_bounds_float32_logits():
 
 
 def train_model(fused, seed=0, **overrides):
-    torch.manual_seed(seed)
-    cfg = bmojo.preset_config("tiny", initializer_range=0.2, use_kernels=False,
-                              fused_linear_cross_entropy=fused, **overrides)
-    return bmojo.BMojoForCausalLM(cfg).train()
+    return tiny_model(seed, use_kernels=False, fused_linear_cross_entropy=fused, **overrides).train()
 
 
 def batch():
-    ids = random_ids(2, 21, seed=1)
-    mask = torch.ones_like(ids)
-    mask[1, :5] = 0
-    labels = ids.masked_fill(mask == 0, -100)
-    labels[0, 3:6] = -100
-    return dict(input_ids=ids, attention_mask=mask, labels=labels)
+    inputs = left_padded_batch()
+    inputs["labels"][0, 3:6] = -100  # ignored labels inside a row too
+    return inputs
 
 
 def step(model, **kwargs):
