@@ -84,9 +84,9 @@ def _needs_grad(segments):
     return torch.is_grad_enabled() and any(t.requires_grad for seg in segments for t in seg[:3])
 
 
-# The fused decode kernel (memory_attention/decode.py) is opt-in until it has run on a GPU: it was
-# written and tested under the Triton interpreter only (DESIGN.md §5). BMOJO_DECODE_KERNEL=1 turns it on.
-DECODE_KERNEL = os.environ.get("BMOJO_DECODE_KERNEL", "0") == "1"
+# The fused decode kernel (memory_attention/decode.py) is the CUDA default; BMOJO_DECODE_KERNEL=0 falls
+# back to the reference (which the compiler fuses), e.g. to bisect a decoding difference.
+DECODE_KERNEL = os.environ.get("BMOJO_DECODE_KERNEL", "1") != "0"
 
 
 def decode_attention(segments, scale, use_kernels="auto"):

@@ -341,7 +341,7 @@ def test_interpreter_decode_op_opcheck_and_compiles_fullgraph(monkeypatch):
     runs the op) and equals eager."""
     from bmojo.kernels import dispatch
     monkeypatch.setattr(dispatch, "use_triton", lambda tensor, use_kernels: True)
-    monkeypatch.setattr(dispatch, "DECODE_KERNEL", True)  # opt-in until measured on a GPU
+    monkeypatch.setattr(dispatch, "DECODE_KERNEL", True)  # as if BMOJO_DECODE_KERNEL=0 were not set
     op = torch.ops.bmojo.decode_attention.default
     segments = decode_segments(2, 2, 1, 16, (5, 21, 9))
     flat = [t for seg in segments for t in seg]
@@ -371,7 +371,7 @@ def test_interpreter_decode_dispatch(monkeypatch):
     monkeypatch.setattr(decode, "decode_attention_triton",
                         lambda *a, **kw: calls.append(1) or real(*a, **kw))
     monkeypatch.setattr(dispatch, "use_triton", lambda tensor, use_kernels: use_kernels is not False)
-    monkeypatch.setattr(dispatch, "DECODE_KERNEL", True)  # opt-in until measured on a GPU
+    monkeypatch.setattr(dispatch, "DECODE_KERNEL", True)  # as if BMOJO_DECODE_KERNEL=0 were not set
     segments = decode_segments(1, 2, 1, 16, (5, 6))
     ref = dispatch.decode_attention(segments, 0.25, use_kernels=False)
     assert not calls

@@ -180,15 +180,19 @@ def _sm_count(device):
 
 
 def default_config(batch, kv_heads, group, lengths, device):
-    """[BLOCK_N, splits, num_warps, num_stages] for a launch. Splits: enough programs to give every SM
-    about two when B * Hkv alone does not fill the GPU, and no split shorter than two tiles; one split
-    (a single launch) otherwise. On CPU (the interpreter) the smallest tile keeps tests fast."""
+    """[BLOCK_N, splits, num_warps, num_stages] for a launch. Splits: about four programs per SM (a power
+    of two) when B * Hkv alone gives fewer, and no split shorter than two tiles; one split (a single
+    launch) otherwise. Measured on an H200 (132 SMs, 12 KV heads, 2,048 keys): batch 1 is fastest at 16
+    splits, batch 16 at 4 (79.5 us against 97 us unsplit; benchmarks/results/
+    bench_memory_attention_decode_h200_2026-12-02d.json). On CPU (the interpreter) the smallest tile
+    keeps tests fast."""
     if device.type != "cuda":
         return [16, 1, 1, 1]
     block_n = 64 if group <= 2 else 32
     tiles = sum(triton.cdiv(n, block_n) for n in lengths)
     rows, sms = batch * kv_heads, _sm_count(device)
-    splits = 1 if rows >= sms else max(1, min(triton.cdiv(2 * sms, rows), tiles // 2, 64))
+    wanted = triton.next_power_of_2(triton.cdiv(4 * sms, rows))
+    splits = 1 if rows >= 4 * sms else max(1, min(wanted, tiles // 2, 64))
     return [block_n, splits, 4, 3]
 
 
