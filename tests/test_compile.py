@@ -3,7 +3,8 @@
 Inductor (the default backend; on CPU it needs a C++ compiler, else aot_eager stands in) checks the
 numerics of `torch.compile(model)`; `fullgraph=True` with the cheaper aot_eager backend checks that the
 training forward (parallel form, no cache) is one graph, through every mixer's code. Tiny models and
-short sequences keep compile times short.
+short sequences keep compile times short. The batch is conftest's `left_padded_batch`: the model moves each
+row's padding behind its tokens in-graph.
 """
 
 import os
@@ -18,11 +19,6 @@ from conftest import left_padded_batch, random_ids, tiny_model
 
 def training_model(seed=0, **overrides):
     return tiny_model(seed, use_kernels=False, **overrides).train()
-
-
-def batch():
-    """Two rows, the second left-padded by 5 tokens: padding is moved behind each row's tokens in-graph."""
-    return left_padded_batch()
 
 
 def step(model, inputs):
@@ -63,7 +59,7 @@ DEFAULT_BACKEND = "inductor" if shutil.which(os.environ.get("CXX", "g++")) else 
 def test_compiled_model_matches_eager():
     print(f"backend: {DEFAULT_BACKEND}")
     model = training_model(num_hidden_layers=1)
-    inputs = batch()
+    inputs = left_padded_batch()
     eager = step(model, inputs)
     compiled = step(torch.compile(model, backend=DEFAULT_BACKEND), inputs)
     assert_steps_equal(eager, compiled)
@@ -74,7 +70,7 @@ def test_training_forward_is_one_graph():
     # sliding-window layers too (its fading memory and window); full attention has a path of its own.
     kinds = ["bmojo", "full_attention"]
     model = training_model(num_hidden_layers=len(kinds), mixer_types=kinds)
-    inputs = batch()
+    inputs = left_padded_batch()
     eager = step(model, inputs)
     compiled_model = torch.compile(model, backend="aot_eager", fullgraph=True)
     assert_steps_equal(eager, step(compiled_model, inputs), atol=1e-6, rtol=1e-5)
@@ -117,7 +113,7 @@ def test_training_compiles_each_layer_kind_once(parallel_regions):
     # The parallel form is traced once per layer kind (forward and backward), not once per layer: four
     # layers of two kinds call two subgraphs, each twice, in one graph; the step still equals eager.
     model = training_model(num_hidden_layers=len(ALTERNATING), mixer_types=ALTERNATING)
-    inputs, graphs = batch(), []
+    inputs, graphs = left_padded_batch(), []
     eager = step(model, inputs)
     compiled = step(torch.compile(model, backend=recording_aot_eager(graphs), fullgraph=True), inputs)
     assert_steps_equal(eager, compiled, atol=1e-6, rtol=1e-5)
@@ -133,7 +129,7 @@ def test_compiled_prefill_compiles_each_layer_kind_once(parallel_regions):
     cfg = bmojo.preset_config("tiny", initializer_range=0.2, use_kernels=False,
                               num_hidden_layers=len(ALTERNATING), mixer_types=ALTERNATING)
     model = bmojo.BMojoForCausalLM(cfg).eval()
-    inputs, graphs = batch(), []
+    inputs, graphs = left_padded_batch(), []
     del inputs["labels"]
     compiled_model = torch.compile(model, backend=recording_aot_eager(graphs), fullgraph=True)
     with torch.no_grad():
@@ -155,7 +151,7 @@ def test_compiled_step_with_gradient_checkpointing_equals_eager(parallel_regions
     model = training_model(num_hidden_layers=2, mixer_types=["bmojo", "bmojo"],
                            fused_linear_cross_entropy=False)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    inputs, graphs = batch(), []
+    inputs, graphs = left_padded_batch(), []
     eager = step(model, inputs)
     compiled = step(torch.compile(model, backend=recording_aot_eager(graphs), fullgraph=True), inputs)
     assert_steps_equal(eager, compiled, atol=1e-6, rtol=1e-5)
