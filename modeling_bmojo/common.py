@@ -38,13 +38,52 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps, use_kernels=self.use_kernels)
 
 
+def _cos_sin(positions, dim, theta):
+    """cos and sin of the RoPE angles at integer positions [...]: each [..., D/2] float32."""
+    inv_freq = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
+    angles = positions.float()[..., None] * inv_freq
+    return angles.cos(), angles.sin()
+
+
+def _cos_sin_op():
+    """`_cos_sin` as the opaque custom op bmojo::rope_cos_sin, for whole sequences.
+
+    Why an op: under torch.compile, Inductor inlines a chain of pointwise ops into every consumer, so the
+    angles' pow, cos and sin were recomputed for each element of every rotated [B, T, H, D] tensor, in
+    the forward and again in the backward: on an H200 those fused RoPE kernels took 15.5 of a compiled
+    training step's 80.7 ms (bmojo-matched, 8 x 2048, profiled 2026-12-02; DESIGN.md §7 has the figures).
+    An op's outputs are materialised once, [B, T, D/2] per layer, and the rotations only read them. The
+    function is the same as `_cos_sin`'s. A second copy of this code in one process (the Hub's flat
+    modeling file beside an installed bmojo) reuses the op the first one registered."""
+    existing = getattr(getattr(torch.ops, "bmojo", None), "rope_cos_sin", None)
+    if existing is not None:
+        return existing
+
+    @torch.library.custom_op("bmojo::rope_cos_sin", mutates_args=())
+    def op(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return _cos_sin(positions, dim, theta)
+
+    @op.register_fake
+    def _(positions, dim, theta):
+        shape = (*positions.shape, dim // 2)
+        return positions.new_empty(shape, dtype=torch.float32), positions.new_empty(shape, dtype=torch.float32)
+
+    return op
+
+
+_ROPE_COS_SIN = _cos_sin_op()
+
+
 def rope_angles(positions, dim, theta):
     """RoPE (Su et al., 2021) angles at positions [B, T] int: (cos, sin), each [B, T, 1, D/2] float32.
 
-    Computed once per layer call and shared by every tensor it rotates (queries, keys, fading keys)."""
-    inv_freq = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
-    angles = positions.float()[..., None] * inv_freq  # (B, T, D/2)
-    return angles.cos()[:, :, None], angles.sin()[:, :, None]
+    Computed once per layer call and shared by every tensor it rotates (queries, keys, fading keys).
+    One position per row (a decode step) stays inline, where the compiled step fuses it for free."""
+    if positions.shape[-1] > 1:
+        cos, sin = _ROPE_COS_SIN(positions, dim, float(theta))
+    else:
+        cos, sin = _cos_sin(positions, dim, theta)
+    return cos[:, :, None], sin[:, :, None]
 
 
 @fused_on_cuda
