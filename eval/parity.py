@@ -10,16 +10,20 @@ its error instead of ending the run.
 
 The setting (`ParitySetting`; the issue's): 2 layers, width 64, 2 attention heads of 32, SSM state 16
 with heads of 32 (expand 2: 4 SSM heads), window 16, sequences of 64 tokens holding 8 key-value pairs,
-256 token ids; AdamW with warmup then cosine decay (`mqar.train`) at lr 1e-3, batch 64, 3,000 steps,
-bf16 autocast on CUDA (float32 on CPU); accuracy on unseen test sequences (`mqar.evaluate`).
+256 token ids in Zoology's layout (`mqar.MQARTask.layout="zoology"`: answers hidden, query slots from
+its power law); AdamW with PyTorch's OneCycleLR (`mqar.train`) at lr 1e-3, batch 64, 3,000 steps, bf16
+autocast on CUDA (float32 on CPU); accuracy on unseen test sequences (`mqar.evaluate`).
 `--lrs` sweeps the learning rate as Zoology does (one job per (row, lr, seed); each row is reported at
-the lr of its best mean accuracy); `--batch-size` / `--num-train` / `--steps` change the training budget.
+the lr of its best mean accuracy); `--batch-size` / `--num-train` / `--steps` change the training budget;
+`--layout shown` / `--schedule cosine` give the earlier runs' task and recipe.
 
 The plateau: before MQAR's key-value association is learned, training sits at the accuracy of a model
-that answers with a uniformly chosen value whose key has not been queried yet (our sequences show the
-earlier answers), H_n / n for n pairs (`plateau_accuracy`: 0.340 for 8 pairs). The markdown marks every
-row whose mean accuracy is within 0.03 of it; at issue 12's recipe (batch 64, 3,000 steps) every row
-sat there on an H200, HF Llama included (eval/results/parity_gpu/DIAGNOSIS.md).
+that answers with one of the listed values (`plateau_accuracy`: 1/n = 0.125 for 8 pairs in Zoology's
+layout; H_n / n = 0.340 in the "shown" layout, where earlier answers let it skip values). The markdown
+marks every row whose mean accuracy is within 0.03 of it. On the "shown" layout every row sat there at
+issue 12's budget on an H200, HF Llama included (eval/results/parity_gpu/DIAGNOSIS.md); on Zoology's
+layout HF Llama reached 1.000 on CPU within the budget (eval/results/parity_zoology/), which is how the
+issue's first table must have been made.
 
 The HF rows keep transformers' own defaults for everything but size (Llama: untied embeddings, RMSNorm
 eps 1e-6; Mamba2: untied, initializer_range 0.1, out_proj Kaiming-uniform, A_h = h + 1, no MLP), since
@@ -119,7 +123,8 @@ class ParitySetting:
     lr: float = 1e-3
     warmup: int = 50
     weight_decay: float = 0.1
-    schedule: str = "cosine"  # mqar.TrainArgs.schedule
+    schedule: str = "onecycle"  # mqar.TrainArgs.schedule: the issue's one-cycle
+    layout: str = "zoology"  # mqar.MQARTask.layout: Zoology's (answers hidden, power-law query slots)
 
 
 def check_rows(names):
@@ -222,7 +227,7 @@ def run_job(row, seed, setting, device="cpu"):
     try:
         task = mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len,
                              num_pairs=setting.num_pairs, num_train=setting.num_train,
-                             num_test=setting.num_test, seed=seed)
+                             num_test=setting.num_test, seed=seed, layout=setting.layout)
         cuda = torch.device(device).type == "cuda"
         # On the device once: a host-to-device copy of every batch would cost a transfer a step.
         train_data, test_data = ({k: v.to(device) for k, v in split.items()}
@@ -271,13 +276,16 @@ def _environment(device):
 
 
 def plateau_accuracy(setting):
-    """Accuracy of a model that has learned only "answer with a value whose key has not been queried yet":
-    the plateau MQAR training sits on before the key-value association is learned. With N pairs and Q
-    queries, the i-th query (i = 0..Q-1) has N - i unqueried values left, guessed uniformly:
-    (1/Q) sum_i 1/(N - i), which is H_N / N when every pair is queried (0.340 for 8 pairs)."""
+    """Accuracy of a model that has learned which tokens are values but not the key-value association:
+    the plateau MQAR training sits on before it learns recall. On the "zoology" layout (answers hidden) it
+    guesses one of the N listed values: 1 / N. On the "shown" layout it can also skip the values already
+    answered: with Q queries the i-th (i = 0..Q-1) has N - i left, so (1/Q) sum_i 1/(N - i), which is
+    H_N / N when every pair is queried (0.340 for 8 pairs)."""
     task = mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len, num_pairs=setting.num_pairs,
-                         num_train=1, num_test=1)
+                         num_train=1, num_test=1, layout=setting.layout)
     n, q = task.num_pairs, task.num_queries
+    if task.layout == "zoology":
+        return 1.0 / n
     return sum(1.0 / (n - i) for i in range(q)) / q
 
 
@@ -343,6 +351,23 @@ def _schedule_text(setting):
     return f"warmup {setting['warmup']} then cosine"
 
 
+def _layout(setting_dict):
+    return setting_dict.get("layout", "shown")  # files written before `layout` existed used "shown"
+
+
+def _layout_text(setting_dict):
+    if _layout(setting_dict) == "zoology":
+        return "Zoology's (answers hidden, query slots from its power law; mqar.MQARTask.layout)"
+    return "answers shown after their keys, uniform query slots (mqar.MQARTask.layout \"shown\")"
+
+
+def _plateau_text(setting_dict):
+    n = setting_dict["num_pairs"]
+    if _layout(setting_dict) == "zoology":
+        return f"1/n for n = {n} pairs: answers are hidden, so it cannot skip those already given"
+    return f"H_n/n for n = {n} pairs: it skips the values whose key was already queried"
+
+
 def markdown(summary, meta):
     s, env = meta["setting"], meta["environment"]
     lrs, plateau = meta["lrs"], meta["plateau_accuracy"]
@@ -360,10 +385,10 @@ def markdown(summary, meta):
              f"tokens, vocab {s['vocab_size']}, {s['num_train']} train / {s['num_test']} test sequences; "
              f"{lr_text}; AdamW, {_schedule_text(s)}, weight decay {s['weight_decay']:g}, batch "
              f"{s['batch_size']}, {s['steps']} steps. Seeds: {meta['seeds']}.", "",
-             f"Plateau: a model that answers only with values whose key has not been queried yet (it has not "
-             f"learned the key-value association) scores {plateau:.3f} (H_n/n for n = {s['num_pairs']} "
-             f"pairs). A row whose mean is within {PLATEAU_TOLERANCE} of it is marked **plateau**: it did "
-             "not learn recall, whatever its accuracy above chance.", "",
+             f"Layout: {_layout_text(s)}.", "",
+             f"Plateau: a model that answers with one of the listed values without the key-value association "
+             f"scores {plateau:.3f} ({_plateau_text(s)}). A row whose mean is within {PLATEAU_TOLERANCE} of "
+             "it is marked **plateau**: it did not learn recall, whatever its accuracy above chance.", "",
              "| row | params | lr | mean | min | max | per seed | final loss | train s | plateau | errors |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
@@ -408,8 +433,8 @@ def job_devices(device, count):
 
 
 def _without_lr(setting_dict):
-    # files written before `schedule` existed were all cosine runs
-    return {k: v for k, v in {"schedule": "cosine", **setting_dict}.items() if k != "lr"}
+    # files written before `schedule` / `layout` existed were all cosine runs on the "shown" layout
+    return {k: v for k, v in {"schedule": "cosine", "layout": "shown", **setting_dict}.items() if k != "lr"}
 
 
 def load_finished(path, setting):
@@ -547,6 +572,8 @@ def build_parser():
     p.add_argument("--schedule", default=defaults.schedule, choices=mqar.SCHEDULES,
                    help="learning-rate schedule (mqar.TrainArgs.schedule; default %(default)s)")
     p.add_argument("--warmup", type=int, default=defaults.warmup, help="warmup steps of the cosine schedule")
+    p.add_argument("--layout", default=defaults.layout, choices=mqar.LAYOUTS,
+                   help="MQAR sequence layout (mqar.MQARTask.layout; default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
                    help="AdamW weight decay of matrices, embeddings and head included")
     p.add_argument("--num-train", type=int, default=defaults.num_train, help="training sequences per seed")
@@ -570,12 +597,12 @@ def main(argv=None):
         lrs = check_lrs(ns.lrs if ns.lrs is not None else (ns.lr,))
         setting = replace(ParitySetting(), steps=ns.steps, lr=lrs[0], batch_size=ns.batch_size,
                           num_train=ns.num_train, num_test=ns.num_test, schedule=ns.schedule,
-                          warmup=ns.warmup, weight_decay=ns.weight_decay)
+                          warmup=ns.warmup, weight_decay=ns.weight_decay, layout=ns.layout)
         # bad --steps / --batch-size / --warmup / --weight-decay fail here, before any job
         mqar.TrainArgs(steps=setting.steps, lr=setting.lr, batch_size=setting.batch_size,
                        schedule=setting.schedule, warmup=setting.warmup, weight_decay=setting.weight_decay)
         mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len, num_pairs=setting.num_pairs,
-                      num_train=setting.num_train, num_test=setting.num_test)
+                      num_train=setting.num_train, num_test=setting.num_test, layout=setting.layout)
         command = "python -m bmojo.eval.parity " + shlex.join(argv)
         summary = run_parity(rows, ns.seeds, setting, ns.device, ns.workers, ns.out, command, ns.time_limit,
                              resume=ns.resume, lrs=lrs)

@@ -29,12 +29,17 @@ def _check_row(task, ids, labels):
     assert len(answer_pos) == task.num_queries
     asked = []
     for p in answer_pos:
-        key, value = int(ids[p - 1]), int(ids[p])
+        key = int(ids[p - 1])
+        assert (p - 1 - 2 * pairs - task.gap) % 2 == 0, "a query key starts a two-token slot"
         assert p - 1 >= 2 * pairs + task.gap, "queries come after the key-value pairs and the gap"
         assert key in keys, "a queried key appears earlier in the sequence"
-        assert value == int(labels[p]) == values[keys.index(key)], "the label is the queried key's value"
+        assert int(labels[p]) == values[keys.index(key)], "the label is the queried key's value"
+        # the answer is in the input after its key on the "shown" layout, hidden (filler) on Zoology's
+        assert int(ids[p]) == (int(labels[p]) if task.layout == "shown" else mqar.FILLER)
         asked.append(key)
     assert len(set(asked)) == len(asked)
+    if task.layout == "zoology":  # the first num_queries listed pairs are the ones asked
+        assert sorted(asked) == sorted(keys[:task.num_queries])
     rest = torch.ones_like(ids, dtype=torch.bool)
     rest[:2 * pairs] = False
     rest[[p for a in answer_pos for p in (a - 1, a)]] = False
@@ -42,7 +47,8 @@ def _check_row(task, ids, labels):
 
 
 @pytest.mark.parametrize("kw", [{}, dict(num_queries=3), dict(num_pairs=16, vocab_size=33),
-                                dict(seq_len=100), dict(gap=40, num_pairs=4), dict(gap=31, num_pairs=4)])
+                                dict(seq_len=100), dict(gap=40, num_pairs=4), dict(gap=31, num_pairs=4),
+                                dict(layout="zoology"), dict(layout="zoology", num_queries=3, gap=9)])
 def test_generator_well_formed(kw):
     task = _task(**kw)
     train, test = mqar.make_splits(task)
@@ -51,6 +57,23 @@ def test_generator_well_formed(kw):
     for split in (train, test):
         for ids, labels in zip(split["input_ids"][:32], split["labels"][:32]):
             _check_row(task, ids, labels)
+
+
+def test_zoology_layout_draws_query_slots_from_its_power_law():
+    """Zoology's slots: weight a * x^(a - 1) (a = 0.01) for the 1-based slot x, drawn without replacement, so
+    the first slot is the most used and use falls with the index; the "shown" layout's are uniform."""
+    def slot_counts(layout):
+        task = _task(layout=layout, num_pairs=4, num_train=4000, seq_len=64)
+        labels = mqar.make_splits(task)[0]["labels"]
+        pos = (labels != -100).nonzero()[:, 1]  # answer positions: slot s holds positions 8 + 2s, 9 + 2s
+        return torch.bincount((pos - 9) // 2, minlength=28).float()
+
+    zoo, uniform = slot_counts("zoology"), slot_counts("shown")
+    assert zoo[0] > 2 * zoo[4] > 2 * zoo[27]  # decreasing with the slot index, about like 1 / x
+    assert zoo[:4].sum() > 0.35 * zoo.sum()  # 4 of 28 slots take well over their uniform share (1 / 7)
+    assert uniform.min() > 0.7 * uniform.mean()  # every slot about equally often
+    with pytest.raises(ValueError, match="layout must be one of"):
+        _task(layout="random")
 
 
 def test_gap_leaves_filler_between_pairs_and_queries():

@@ -108,12 +108,15 @@ def test_resume_keeps_finished_jobs_and_runs_only_the_rest(tmp_path, monkeypatch
                           resume=str(first / "parity.json"))
 
 
-def test_plateau_accuracy_is_the_harmonic_mean_of_the_unqueried_values():
-    # Guessing among the values not yet queried: query i of N has N - i left, so H_N / N on average.
-    assert parity.plateau_accuracy(parity.ParitySetting()) == pytest.approx(
-        sum(1 / m for m in range(1, 9)) / 8)
-    assert parity.plateau_accuracy(parity.replace(parity.ParitySetting(), num_pairs=4)) == pytest.approx(
+def test_plateau_accuracy_depends_on_whether_answers_are_shown():
+    # "shown": guessing among the values not yet queried: query i of N has N - i left, so H_N / N on average.
+    shown = parity.ParitySetting(layout="shown")
+    assert parity.plateau_accuracy(shown) == pytest.approx(sum(1 / m for m in range(1, 9)) / 8)
+    assert parity.plateau_accuracy(parity.replace(shown, num_pairs=4)) == pytest.approx(
         (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+    # Zoology's layout (the default) hides the answers: one of the N listed values, 1 / N.
+    assert parity.plateau_accuracy(parity.ParitySetting()) == pytest.approx(1 / 8)
+    assert parity.plateau_accuracy(parity.ParitySetting(num_pairs=4)) == pytest.approx(1 / 4)
 
 
 def _fake_job(accuracy_of):
@@ -153,8 +156,10 @@ def test_lr_sweep_reports_each_row_at_its_best_mean_lr_and_flags_the_plateau(tmp
     md = (tmp_path / "parity.md").read_text()
     assert "lr swept over 0.001, 0.003, 0.01" in md and f"scores {plateau:.3f}" in md
     assert "| hf-llama | 10 | 0.003 | 0.833 | 0.500 | 1.000 |" in md
-    assert "| mamba2 | 10 | 0.001 | 0.350 |" in md and "**plateau** (3/3 seeds)" in md  # exact tie: 1st lr
-    assert "| hf-llama | 0.340 (3) loss 1.66 | 0.833 (3) loss 1.17 | 0.333 (3) loss 1.67 |" in md
+    assert f"| mamba2 | 10 | 0.001 | {plateau + 0.01:.3f} |" in md  # exact tie: the first lr
+    assert "**plateau** (3/3 seeds)" in md
+    assert (f"| hf-llama | {plateau:.3f} (3) loss {2 - plateau:.2f} | 0.833 (3) loss 1.17 | 0.333 (3) loss 1.67 |"
+            in md)
 
 
 def test_lr_sweep_on_the_command_line_and_bad_learning_rates(tmp_path, capsys):
