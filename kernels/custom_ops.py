@@ -56,20 +56,9 @@ def kernel_op(name, fake):
     return register
 
 
-def buffer(like, dtype=None):
-    """A new contiguous tensor of `like`'s shape and device (and `dtype`, default `like`'s), for an op body.
-
-    Op bodies allocate with `torch.empty(shape, ...)`, never `empty_like` / `new_empty`: torch 2.11 on
-    CUDA traces those two, inside a triton_op body under grad mode, as `empty` followed by a `copy_` of a
-    NaN fill into it, a mutation that AOTAutograd's functional-graph check rejects ("n=copy_...,
-    n.args[0]=empty_..."), so `torch.compile` of a float32 training step failed. The op inputs are
-    contiguous, so the layout is the one `empty_like` gave."""
-    return torch.empty(tuple(like.shape), dtype=dtype or like.dtype, device=like.device)
-
-
 def absent(like):
     """The placeholder an op returns for a gradient that does not exist (its input was None)."""
-    return torch.empty(0, dtype=like.dtype, device=like.device)
+    return like.new_empty(0)
 
 
 def present(grad, given):

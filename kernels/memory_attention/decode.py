@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..custom_ops import buffer, kernel_op, launch
+from ..custom_ops import kernel_op, launch
 
 _LOG2E = 1.4426950408889634
 MAX_SEGMENTS = 3
@@ -221,7 +221,7 @@ def _segment_list(q0, k0, v0, m0, q1, k1, v1, m1, q2, k2, v2, m2):
 # ----------------------------------------------------------------------------------------------------
 
 def _decode_fake(q0, k0, v0, m0, q1, k1, v1, m1, q2, k2, v2, m2, scale, config):
-    return buffer(q0)
+    return torch.empty_like(q0)
 
 
 @kernel_op("decode_attention", fake=_decode_fake)
@@ -246,7 +246,7 @@ def _decode_attention_op(q0: Tensor, k0: Tensor, v0: Tensor, m0: Tensor,
     tiles = sum(triton.cdiv(n, block_n) for n in lengths)
     tiles_per_split = triton.cdiv(tiles, splits)
     splits = triton.cdiv(tiles, tiles_per_split)  # none empty
-    o = buffer(q0)
+    o = torch.empty_like(q0)
     args, strides = [], []
     for i in range(MAX_SEGMENTS):
         q, k, v, m = segments[min(i, len(segments) - 1)]  # an absent segment repeats one never read
@@ -256,7 +256,7 @@ def _decode_attention_op(q0: Tensor, k0: Tensor, v0: Tensor, m0: Tensor,
     partial = splits > 1
     if partial:
         pm = torch.empty(batch, heads, splits, device=q0.device, dtype=torch.float32)
-        pl = buffer(pm)
+        pl = torch.empty_like(pm)
         pacc = torch.empty(batch, heads, splits, dim, device=q0.device, dtype=torch.float32)
     else:
         pm = pl = pacc = o  # never touched

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..custom_ops import absent, buffer, kernel_op, launch, present
+from ..custom_ops import absent, kernel_op, launch, present
 
 _LOG2E = 1.4426950408889634
 
@@ -396,7 +396,7 @@ def _shape(q, k, ek):
 
 def _fwd_fake(q, qr, k, v, fk, fv, ek, ev, evalid, window, n_f, config):
     batch, seqlen, heads, _ = q.shape
-    return buffer(q), torch.empty(batch, heads, seqlen, dtype=torch.float32, device=q.device)
+    return torch.empty_like(q), q.new_empty(batch, heads, seqlen, dtype=torch.float32)
 
 
 @kernel_op("memory_attention_fwd", fake=_fwd_fake)
@@ -409,7 +409,7 @@ def _memory_attention_fwd(q: Tensor, qr: Optional[Tensor], k: Tensor, v: Tensor,
     hands them over (contiguous, one dtype)."""
     batch, seqlen, heads, kv_heads, dim, m = _shape(q, k, ek)
     has_fading, has_eidetic = fk is not None, ek is not None
-    o = buffer(q)
+    o = torch.empty_like(q)
     lse = torch.empty(batch, heads, seqlen, device=q.device, dtype=torch.float32)
     bm, bn, warps, stages = _tiles(config, "fwd")
     grid = (triton.cdiv(seqlen, bm), batch * heads)
@@ -426,7 +426,7 @@ def _memory_attention_fwd(q: Tensor, qr: Optional[Tensor], k: Tensor, v: Tensor,
 
 
 def _bwd_fake(do, q, qr, k, v, fk, fv, ek, ev, evalid, lse, delta, window, n_f, config):
-    return tuple(absent(q) if t is None else buffer(t) for t in (q, qr, k, v, fk, fv, ek, ev))
+    return tuple(absent(q) if t is None else torch.empty_like(t) for t in (q, qr, k, v, fk, fv, ek, ev))
 
 
 @kernel_op("memory_attention_bwd", fake=_bwd_fake)
@@ -443,11 +443,11 @@ def _memory_attention_bwd(do: Tensor, q: Tensor, qr: Optional[Tensor], k: Tensor
     sm_scale = 1.0 / math.sqrt(dim)
     qk_scale = sm_scale * _LOG2E
     common = dict(HEAD_DIM=dim, BLOCK_D=_block_d(dim), PRECISION=_precision(q.dtype))
-    dq = buffer(q)
-    dqr = buffer(q) if has_eidetic else absent(q)
-    dk, dv = buffer(k), buffer(v)
-    dfk = buffer(fk) if has_fading else absent(q)
-    dfv = buffer(fv) if has_fading else absent(q)
+    dq = torch.empty_like(q)
+    dqr = torch.empty_like(q) if has_eidetic else absent(q)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dfk = torch.empty_like(fk) if has_fading else absent(q)
+    dfv = torch.empty_like(fv) if has_fading else absent(q)
     dummy = k
     e_strides = _strides_e(ek, evalid)
 
@@ -472,7 +472,7 @@ def _memory_attention_bwd(do: Tensor, q: Tensor, qr: Optional[Tensor], k: Tensor
     dek, dev = absent(q), absent(q)
     if has_eidetic:
         nc = int(ek.shape[1])
-        dek, dev = buffer(ek), buffer(ev)
+        dek, dev = torch.empty_like(ek), torch.empty_like(ev)
         be = _block_e(m)
         launch(_bwd_dkv_eidetic_kernel)[(triton.cdiv(m, be), batch * nc * kv_heads)](
             qr, ek, ev, evalid, do, lse, delta, dek, dev,

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..custom_ops import absent, buffer, kernel_op, launch
+from ..custom_ops import absent, kernel_op, launch
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def _states_fwd(x, dt, A, B, initial_state, cfg):
 
 def _fwd_fake(x, dt, A, B, C, D, initial_state, config):
     batch, seqlen, heads, headdim = x.shape
-    return buffer(x), torch.empty(batch, heads, headdim, B.shape[3], dtype=torch.float32, device=x.device)
+    return torch.empty_like(x), x.new_empty(batch, heads, headdim, B.shape[3], dtype=torch.float32)
 
 
 @kernel_op("ssd_chunk_fwd", fake=_fwd_fake)
@@ -304,7 +304,7 @@ def _ssd_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional
     q = cfg["Q"]
     nc = triton.cdiv(seqlen, q)
     states, final = _states_fwd(x, dt, A, B, initial_state, cfg)
-    y = buffer(x)
+    y = torch.empty_like(x)
     bp, warps = cfg["fwd"]
     launch(_chunk_fwd_kernel)[(nc, batch * heads, triton.cdiv(headdim, bp))](
         x, dt, A, B, C, D if D is not None else A, states, y, seqlen, heads, heads // groups, nc, headdim,
@@ -315,9 +315,9 @@ def _ssd_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional
 
 def _bwd_fake(dy, dfinal, x, dt, A, B, C, D, initial_state, config):
     def f32(t):
-        return absent(x) if t is None else buffer(t, torch.float32)
+        return absent(x) if t is None else torch.empty_like(t, dtype=torch.float32)
 
-    return buffer(x), f32(dt), f32(A), f32(B), f32(C), f32(D), f32(initial_state)
+    return torch.empty_like(x), f32(dt), f32(A), f32(B), f32(C), f32(D), f32(initial_state)
 
 
 @kernel_op("ssd_chunk_bwd", fake=_bwd_fake)
@@ -334,8 +334,8 @@ def _ssd_bwd(dy: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Ten
     prec = _precision(x.dtype)
     states, _ = _states_fwd(x, dt, A, B, initial_state, cfg)  # recomputed, not saved
     bp, bn, warps = cfg["state"]
-    dstates = buffer(states)
-    ds0 = buffer(initial_state, torch.float32) if initial_state is not None else absent(x)
+    dstates = torch.empty_like(states)
+    ds0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else absent(x)
     grid = (batch * heads, triton.cdiv(headdim, bp), triton.cdiv(dstate, bn))
     # dstates stands in for the pointers a False HAS_DFINAL / HAS_DS0 never touches
     launch(_state_bwd_kernel)[grid](
@@ -344,12 +344,12 @@ def _ssd_bwd(dy: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Ten
         HAS_DFINAL=dfinal is not None, HAS_DS0=initial_state is not None, Q=q, BP=bp, BN=bn,
         PRECISION=prec, num_warps=warps)
 
-    dx = buffer(x)
+    dx = torch.empty_like(x)
     dbh = torch.empty(batch, seqlen, heads, dstate, device=x.device, dtype=torch.float32)
-    dch = buffer(dbh)
+    dch = torch.empty_like(dbh)
     ddt = torch.empty(batch, seqlen, heads, device=x.device, dtype=torch.float32)
     da_part = torch.empty(batch, nc, heads, device=x.device, dtype=torch.float32)
-    dd_part = buffer(da_part)
+    dd_part = torch.empty_like(da_part)
     bp, warps = cfg["bwd"]
     launch(_chunk_bwd_kernel)[(nc, batch * heads)](
         x, dt, A, B, C, D if D is not None else A, states, dstates, dy, dx, dbh, dch, ddt, da_part, dd_part,
