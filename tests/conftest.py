@@ -17,10 +17,16 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def _poisoned(factory):
+    # Only real tensors are poisoned, never under a compiler's tracing (fake or functional tensors): a
+    # fill there is a mutation recorded into the traced graph, and AOTAutograd rejects it inside an op
+    # body ("n=copy_..., n.args[0]=empty_..."); Inductor's own buffers that require grad (its pad_mm
+    # pattern setup) are filled without recording autograd history. The compiled paths are tested
+    # against the eager ones, which are poisoned.
     def make(*args, **kwargs):
         out = factory(*args, **kwargs)
-        if out.is_floating_point():
-            out.fill_(float("nan"))
+        if out.is_floating_point() and type(out) is torch.Tensor and not torch.compiler.is_compiling():
+            with torch.no_grad():
+                out.fill_(float("nan"))
         return out
 
     return make

@@ -250,7 +250,9 @@ def _decode_attention_op(q0: Tensor, k0: Tensor, v0: Tensor, m0: Tensor,
     args, strides = [], []
     for i in range(MAX_SEGMENTS):
         q, k, v, m = segments[min(i, len(segments) - 1)]  # an absent segment repeats one never read
-        args += [q, k, v, m.view(torch.uint8)]  # bool as bytes: the kernel tests != 0
+        # the bool mask as it is (Triton loads it as int1): a `.view(torch.uint8)` of a graph input
+        # does not lower in Inductor (torch 2.11: "torch.bool is not supported by torch.iinfo")
+        args += [q, k, v, m]
         strides += _strides(q, k, v, m)
     lengths += [0] * (MAX_SEGMENTS - len(lengths))
     partial = splits > 1
