@@ -78,8 +78,10 @@ def rope_angles(positions, dim, theta):
     """RoPE (Su et al., 2021) angles at positions [B, T] int: (cos, sin), each [B, T, 1, D/2] float32.
 
     Computed once per layer call and shared by every tensor it rotates (queries, keys, fading keys).
-    One position per row (a decode step) stays inline, where the compiled step fuses it for free."""
-    if positions.shape[-1] > 1:
+    The op only under torch.compile, for whole sequences; eagerly, the angles are materialised anyway and
+    the op's dispatch would only add host time; a decode step (one position per row) stays inline, where
+    the compiled step fuses it for free."""
+    if positions.shape[-1] > 1 and torch.compiler.is_compiling():
         cos, sin = _ROPE_COS_SIN(positions, dim, float(theta))
     else:
         cos, sin = _cos_sin(positions, dim, theta)

@@ -192,3 +192,24 @@ def test_fused_on_cuda_is_traced_inline_when_the_model_is_compiled(monkeypatch):
     assert torch.equal(double(x, use_kernels=False), 2 * x) and calls == ["double"]
     outer = real_compile(lambda t: double(t) + 1, backend="aot_eager", fullgraph=True)
     assert torch.equal(outer(x), 2 * x + 1) and calls == ["double"]  # inside a compiled region: inline
+
+
+def test_rope_angles_of_sequences_are_one_opaque_op_under_compile():
+    """Compiled, the RoPE angles of a whole sequence come from the op bmojo::rope_cos_sin (so Inductor cannot
+    inline cos / sin into every rotation); one position per row stays inline; both equal the eager values."""
+    from bmojo.modeling_bmojo.common import rope_angles
+    graphs = []
+
+    def keep_graph(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    for length, op_expected in ((6, True), (1, False)):
+        torch._dynamo.reset()
+        graphs.clear()
+        positions = torch.arange(2 * length).view(2, length) + 3
+        compiled = torch.compile(lambda p: rope_angles(p, 16, 10000.0), backend=keep_graph, fullgraph=True)
+        got, want = compiled(positions), rope_angles(positions, 16, 10000.0)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+        assert want[0].shape == (2, length, 1, 8)
+        assert ("rope_cos_sin" in graphs[0]) == op_expected, graphs[0]
