@@ -64,7 +64,9 @@ ROWS = {
     "hf-llama": ("hf", "llama", {}),
     "hf-mamba2": ("hf", "mamba2", {}),
     "full_attention": ("bmojo", "transformer", {}),
-    "full_attention-untied": ("bmojo", "transformer", dict(tie_word_embeddings=False)),
+    # the preset before 2026-12-03 (tied embeddings); runs of that time name the untied preset
+    # "full_attention-untied" and this one "full_attention"
+    "full_attention-tied": ("bmojo", "transformer", dict(tie_word_embeddings=True)),
     "mamba2": ("bmojo", "mamba2", {}),
     "mamba2-untied": ("bmojo", "mamba2", dict(tie_word_embeddings=False)),
     "mamba2-arange": ("bmojo", "mamba2", dict(ssm_a_init="arange")),
