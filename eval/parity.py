@@ -208,10 +208,25 @@ def _hf_model(family, setting):
 
     config = hf_config(family, setting)
     model = (LlamaForCausalLM if family == "llama" else Mamba2ForCausalLM)(config)
+    return model, _hf_summary(config)
+
+
+def _hf_summary(config):
     keep = ("tie_word_embeddings", "initializer_range", "rms_norm_eps", "layer_norm_epsilon", "num_heads",
             "num_key_value_heads", "residual_in_fp32", "intermediate_size")
-    summary = {k: getattr(config, k) for k in keep if hasattr(config, k)}
-    return model, {"class": type(model).__name__, **summary}
+    cls = "LlamaForCausalLM" if config.model_type == "llama" else "Mamba2ForCausalLM"
+    return {"class": cls, **{k: getattr(config, k) for k in keep if hasattr(config, k)}}
+
+
+def row_summary(row, setting):
+    """The config summary a job of `row` records (`build_model`'s), without building the model; None for a
+    converted row, whose config comes from the converted model."""
+    source, family, overrides = ROWS[row]
+    if source == "hf":
+        return _hf_summary(hf_config(family, setting))
+    if source == "converted":
+        return None
+    return {"class": "BMojoForCausalLM", **_our_summary(our_config(family, setting, overrides))}
 
 
 def _our_summary(config):
@@ -450,7 +465,16 @@ def load_finished(path, setting):
         raise ValueError(f"resume file {path} has setting {earlier.get('setting')}, this run "
                          f"{asdict(setting)}: only a run of the same setting can be resumed")
     jobs = [dict(j, lr=j.get("lr", earlier["setting"]["lr"])) for j in earlier["jobs"] if j["error"] is None]
-    return {(j["row"], j["lr"], j["seed"]): j for j in jobs}
+    # A row's name can outlive its model: a preset default that changed since (the attention presets were
+    # tied until 2026-12-03) makes the earlier job another model, so it is run again, not averaged in.
+    current = {row: row_summary(row, setting) for row in {j["row"] for j in jobs} if row in ROWS}
+    return {(j["row"], j["lr"], j["seed"]): j for j in jobs
+            if j["row"] in current and (current[j["row"]] is None or _same_config(j.get("config"), current[j["row"]]))}
+
+
+def _same_config(recorded, current):
+    # JSON turned tuples into lists; a job recorded without a config predates the summaries: trusted
+    return recorded is None or json.loads(json.dumps(current)) == recorded
 
 
 def check_lrs(lrs):

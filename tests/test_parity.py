@@ -121,6 +121,26 @@ def test_resume_keeps_finished_jobs_and_runs_only_the_rest(tmp_path, monkeypatch
                           resume=str(first / "parity.json"))
 
 
+def test_resume_reruns_a_row_whose_preset_changed_since(tmp_path, monkeypatch):
+    # A file of the time the attention presets were tied: its "full_attention" is today's "full_attention-tied".
+    setting = parity.ParitySetting(steps=2, num_train=64, num_test=16)
+    monkeypatch.setattr(parity, "run_job", _fake_job(lambda row, lr, seed: 0.5))
+    parity.run_parity(["full_attention-tied", "hf-llama"], (0,), setting, out_dir=str(tmp_path / "old"),
+                      log=lambda *a: None)
+    path = tmp_path / "old" / "parity.json"
+    old = json.loads(path.read_text())
+    for job in old["jobs"]:
+        job["row"] = job["row"].replace("full_attention-tied", "full_attention")
+        job["config"] = parity.row_summary(job["row"] if job["row"] == "hf-llama" else "full_attention-tied",
+                                           setting)
+    path.write_text(json.dumps(old))
+    finished = parity.load_finished(str(path), setting)
+    assert [row for row, _, _ in finished] == ["hf-llama"]
+    old["jobs"][0]["config"]["tie_word_embeddings"] = False  # as today's preset: kept
+    path.write_text(json.dumps(old))
+    assert sorted(row for row, _, _ in parity.load_finished(str(path), setting)) == ["full_attention", "hf-llama"]
+
+
 def test_plateau_accuracy_depends_on_whether_answers_are_shown():
     # "shown": guessing among the values not yet queried: query i of N has N - i left, so H_N / N on average.
     shown = parity.ParitySetting(layout="shown")
