@@ -28,11 +28,11 @@ Layout of one sequence of `seq_len` tokens (our own realization of the Zoology t
   (answers are only labels), and slots are drawn without replacement with probability
   proportional to a * x^(a - 1), x = 1, 2, ... the slot index, a = 0.01 (Zoology's `power_a`), so
   queries crowd the start of the query region; the i-th draw places the i-th listed pair (the first
-  `num_queries` pairs are asked), so queries mostly come in the listing's order. The plateau is 1 / N. Zoology also replaces the
-  fillers by random tokens (`random_non_queries`); we keep them 0. On issue 12's setting (8 pairs
-  in 64 tokens, vocab 256) HF Llama left the plateau and reached 1.000 on this layout within
-  3,000 steps, where it sat at the plateau on "shown" and on uniform slots with hidden answers
-  (eval/results/parity_zoology/).
+  `num_queries` pairs are asked), so queries mostly come in the listing's order. The plateau is
+  1 / N. Zoology also replaces the fillers by random tokens (`random_non_queries`); we keep them 0.
+  On issue 12's setting (8 pairs in 64 tokens, vocab 256) HF Llama left the plateau and reached
+  1.000 on this layout within 3,000 steps, where it sat at the plateau on "shown"
+  (eval/results/parity_zoology/, eval/results/parity_gpu2/).
 
 Train and test sets come from disjoint seeds (2*seed and 2*seed + 1), and any test sequence that
 also occurs in the training set is dropped, so test accuracy is always on unseen sequences.

@@ -469,12 +469,13 @@ def load_finished(path, setting):
     # tied until 2026-12-03) makes the earlier job another model, so it is run again, not averaged in.
     current = {row: row_summary(row, setting) for row in {j["row"] for j in jobs} if row in ROWS}
     return {(j["row"], j["lr"], j["seed"]): j for j in jobs
-            if j["row"] in current and (current[j["row"]] is None or _same_config(j.get("config"), current[j["row"]]))}
+            if j["row"] in current and _same_config(j.get("config"), current[j["row"]])}
 
 
 def _same_config(recorded, current):
-    # JSON turned tuples into lists; a job recorded without a config predates the summaries: trusted
-    return recorded is None or json.loads(json.dumps(current)) == recorded
+    # JSON turned tuples into lists; a job recorded without a config predates the summaries, and a converted
+    # row has no summary before it is built (current None): both trusted
+    return recorded is None or current is None or json.loads(json.dumps(current)) == recorded
 
 
 def check_lrs(lrs):

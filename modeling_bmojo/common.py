@@ -66,7 +66,8 @@ def _cos_sin_op():
     @op.register_fake
     def _(positions, dim, theta):
         shape = (*positions.shape, dim // 2)
-        return positions.new_empty(shape, dtype=torch.float32), positions.new_empty(shape, dtype=torch.float32)
+        return (positions.new_empty(shape, dtype=torch.float32),
+                positions.new_empty(shape, dtype=torch.float32))
 
     return op
 

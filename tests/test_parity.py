@@ -83,7 +83,8 @@ def test_attention_presets_untie_the_head_as_hf_llama_and_mistral():
     tied, _ = parity.build_model("full_attention-tied", parity.ParitySetting())
     assert tied.lm_head.weight is tied.model.embed_tokens.weight
     # B'MOJO's presets keep tied embeddings: untied B'MOJO was not measured on this task
-    assert bmojo.preset_config("tiny").tie_word_embeddings and bmojo.preset_config("bmojo-f-tiny").tie_word_embeddings
+    assert bmojo.preset_config("tiny").tie_word_embeddings
+    assert bmojo.preset_config("bmojo-f-tiny").tie_word_embeddings
 
 
 def test_converted_row_starts_from_hf_mamba2s_weights_and_function():
@@ -122,7 +123,8 @@ def test_resume_keeps_finished_jobs_and_runs_only_the_rest(tmp_path, monkeypatch
 
 
 def test_resume_reruns_a_row_whose_preset_changed_since(tmp_path, monkeypatch):
-    # A file of the time the attention presets were tied: its "full_attention" is today's "full_attention-tied".
+    # A file of the time the attention presets were tied: its "full_attention" is today's
+    # "full_attention-tied".
     setting = parity.ParitySetting(steps=2, num_train=64, num_test=16)
     monkeypatch.setattr(parity, "run_job", _fake_job(lambda row, lr, seed: 0.5))
     parity.run_parity(["full_attention-tied", "hf-llama"], (0,), setting, out_dir=str(tmp_path / "old"),
@@ -138,7 +140,8 @@ def test_resume_reruns_a_row_whose_preset_changed_since(tmp_path, monkeypatch):
     assert [row for row, _, _ in finished] == ["hf-llama"]
     old["jobs"][0]["config"]["tie_word_embeddings"] = False  # as today's preset: kept
     path.write_text(json.dumps(old))
-    assert sorted(row for row, _, _ in parity.load_finished(str(path), setting)) == ["full_attention", "hf-llama"]
+    kept = parity.load_finished(str(path), setting)
+    assert sorted(row for row, _, _ in kept) == ["full_attention", "hf-llama"]
 
 
 def test_plateau_accuracy_depends_on_whether_answers_are_shown():
