@@ -22,8 +22,9 @@ that answers with one of the listed values (`plateau_accuracy`: 1/n = 0.125 for 
 layout; H_n / n = 0.340 in the "shown" layout, where earlier answers let it skip values). The markdown
 marks every row whose mean accuracy is within 0.03 of it. On the "shown" layout every row sat there at
 issue 12's budget on an H200, HF Llama included (eval/results/parity_gpu/DIAGNOSIS.md); on Zoology's
-layout HF Llama reached 1.000 on CPU within the budget (eval/results/parity_zoology/), which is how the
-issue's first table must have been made.
+layout HF Llama reached 1.000 in 3 seeds of 3 on an H200 (and on CPU), which is how the issue's first table
+must have been made, and our full-attention family, untied as it now is, equalled it; tied, as it was until
+2026-12-03, it failed (eval/results/parity_zoology/RESULTS.md).
 
 The HF rows keep transformers' own defaults for everything but size (Llama: untied embeddings, RMSNorm
 eps 1e-6; Mamba2: untied, initializer_range 0.1, out_proj Kaiming-uniform, A_h = h + 1, no MLP), since
