@@ -64,6 +64,9 @@ _HF_INIT = dict(tie_word_embeddings=False, ssm_a_init="arange", initializer_rang
 ROWS = {
     "hf-llama": ("hf", "llama", {}),
     "hf-mamba2": ("hf", "mamba2", {}),
+    # sliding-window attention (window = the setting's window_size) against HF Mistral of that window
+    "hf-mistral": ("hf", "mistral", {}),
+    "sliding_attention": ("bmojo", "swa-transformer", {}),
     "full_attention": ("bmojo", "transformer", {}),
     # the preset before 2026-12-03 (tied embeddings); runs of that time name the untied preset
     # "full_attention-untied" and this one "full_attention"
@@ -165,15 +168,18 @@ def our_config(family, setting, overrides=None):
 def hf_config(model, setting):
     """The transformers config of an HF reference row, sized like our families, HF defaults otherwise."""
     s = setting
-    if model == "llama":
-        from transformers import LlamaConfig
+    if model in ("llama", "mistral"):
+        from transformers import LlamaConfig, MistralConfig
 
-        return LlamaConfig(vocab_size=s.vocab_size, hidden_size=s.hidden_size,
-                           intermediate_size=s.intermediate_size, num_hidden_layers=s.num_layers,
-                           num_attention_heads=s.num_heads, num_key_value_heads=s.num_heads,
-                           head_dim=s.head_dim, max_position_embeddings=max(2048, s.seq_len),
-                           tie_word_embeddings=False, pad_token_id=None, bos_token_id=None, eos_token_id=None,
-                           attn_implementation="sdpa")
+        attention = dict(vocab_size=s.vocab_size, hidden_size=s.hidden_size,
+                         intermediate_size=s.intermediate_size, num_hidden_layers=s.num_layers,
+                         num_attention_heads=s.num_heads, num_key_value_heads=s.num_heads,
+                         head_dim=s.head_dim, max_position_embeddings=max(2048, s.seq_len),
+                         tie_word_embeddings=False, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+                         attn_implementation="sdpa")
+        if model == "mistral":
+            return MistralConfig(sliding_window=s.window_size, **attention)
+        return LlamaConfig(**attention)
     if model == "mamba2":
         from transformers import Mamba2Config
 
@@ -183,7 +189,7 @@ def hf_config(model, setting):
                             head_dim=s.ssm_head_dim, num_heads=inner // s.ssm_head_dim, expand=s.ssm_expand,
                             n_groups=1, chunk_size=HF_MAMBA2_CHUNK, tie_word_embeddings=False,
                             pad_token_id=None, bos_token_id=None, eos_token_id=None)
-    raise ValueError(f"HF reference model must be 'llama' or 'mamba2', got {model!r}")
+    raise ValueError(f"HF reference model must be 'llama', 'mistral' or 'mamba2', got {model!r}")
 
 
 def build_model(row, setting):
@@ -205,18 +211,21 @@ def build_model(row, setting):
 
 
 def _hf_model(family, setting):
-    from transformers import LlamaForCausalLM, Mamba2ForCausalLM
+    import transformers
 
     config = hf_config(family, setting)
-    model = (LlamaForCausalLM if family == "llama" else Mamba2ForCausalLM)(config)
+    model = getattr(transformers, _HF_CLASSES[config.model_type])(config)
     return model, _hf_summary(config)
+
+
+_HF_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "mamba2": "Mamba2ForCausalLM"}
 
 
 def _hf_summary(config):
     keep = ("tie_word_embeddings", "initializer_range", "rms_norm_eps", "layer_norm_epsilon", "num_heads",
-            "num_key_value_heads", "residual_in_fp32", "intermediate_size")
-    cls = "LlamaForCausalLM" if config.model_type == "llama" else "Mamba2ForCausalLM"
-    return {"class": cls, **{k: getattr(config, k) for k in keep if hasattr(config, k)}}
+            "num_key_value_heads", "residual_in_fp32", "intermediate_size", "sliding_window")
+    summary = {k: getattr(config, k) for k in keep if hasattr(config, k)}
+    return {"class": _HF_CLASSES[config.model_type], **summary}
 
 
 def row_summary(row, setting):

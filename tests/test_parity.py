@@ -69,6 +69,9 @@ def test_hf_rows_match_our_rows_in_size():
         return sum(p.numel() for p in parity.build_model(row, setting)[0].parameters())
 
     assert params("hf-llama") == params("full_attention")
+    assert params("hf-mistral") == params("sliding_attention")
+    mistral, _ = parity.build_model("hf-mistral", setting)
+    assert mistral.config.sliding_window == setting.window_size
     assert params("hf-mamba2") == params("mamba2-hf-like")
     hf_mamba2 = parity.build_model("hf-mamba2", setting)[0].config
     assert (hf_mamba2.num_heads, hf_mamba2.head_dim, hf_mamba2.state_size) == (4, 32, 16)
