@@ -67,6 +67,7 @@ ROWS = {
     # sliding-window attention (window = the setting's window_size) against HF Mistral of that window
     "hf-mistral": ("hf", "mistral", {}),
     "sliding_attention": ("bmojo", "swa-transformer", {}),
+    "sliding_attention-tied": ("bmojo", "swa-transformer", dict(tie_word_embeddings=True)),
     "full_attention": ("bmojo", "transformer", {}),
     # the preset before 2026-12-03 (tied embeddings); runs of that time name the untied preset
     # "full_attention-untied" and this one "full_attention"
