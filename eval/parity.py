@@ -203,12 +203,11 @@ def build_model(row, setting):
 
         hf_model, _ = _hf_model(family, setting)
         model = from_hf(hf_model)
-        return model, {"class": "BMojoForCausalLM", "converted_from": type(hf_model).__name__,
-                       **_our_summary(model.config)}
+        return model, {**_our_summary(model.config), "converted_from": type(hf_model).__name__}
     config = our_config(family, setting, overrides)
     import bmojo
 
-    return bmojo.BMojoForCausalLM(config), {"class": "BMojoForCausalLM", **_our_summary(config)}
+    return bmojo.BMojoForCausalLM(config), _our_summary(config)
 
 
 def _hf_model(family, setting):
@@ -237,14 +236,23 @@ def row_summary(row, setting):
         return _hf_summary(hf_config(family, setting))
     if source == "converted":
         return None
-    return {"class": "BMojoForCausalLM", **_our_summary(our_config(family, setting, overrides))}
+    return _our_summary(our_config(family, setting, overrides))
+
+
+_OUR_SUMMARY_FIELDS = ("mixer_types", "tie_word_embeddings", "ssm_a_init", "ssm_proj_init",
+                       "intermediate_size", "initializer_range", "ssm_num_heads", "window_size",
+                       "fading_tokens", "eidetic_capacity", "eidetic_tokens_per_chunk")
 
 
 def _our_summary(config):
-    return {k: getattr(config, k) for k in (
-        "mixer_types", "tie_word_embeddings", "ssm_a_init", "ssm_proj_init", "intermediate_size",
-        "initializer_range", "ssm_num_heads", "window_size", "fading_tokens", "eidetic_capacity",
-        "eidetic_tokens_per_chunk")}
+    return {"class": "BMojoForCausalLM", **{k: getattr(config, k) for k in _OUR_SUMMARY_FIELDS}}
+
+
+def mqar_task(setting, seed=0):
+    """The setting's MQAR task (its data splits are made by `mqar.make_splits`, not here)."""
+    return mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len, num_pairs=setting.num_pairs,
+                         num_train=setting.num_train, num_test=setting.num_test, seed=seed,
+                         layout=setting.layout)
 
 
 def run_job(row, seed, setting, device="cpu"):
@@ -253,9 +261,7 @@ def run_job(row, seed, setting, device="cpu"):
                   train_seconds=None, error=None)
     start = time.time()
     try:
-        task = mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len,
-                             num_pairs=setting.num_pairs, num_train=setting.num_train,
-                             num_test=setting.num_test, seed=seed, layout=setting.layout)
+        task = mqar_task(setting, seed)
         cuda = torch.device(device).type == "cuda"
         # On the device once: a host-to-device copy of every batch would cost a transfer a step.
         train_data, test_data = ({k: v.to(device) for k, v in split.items()}
@@ -309,8 +315,7 @@ def plateau_accuracy(setting):
     guesses one of the N listed values: 1 / N. On the "shown" layout it can also skip the values already
     answered: with Q queries the i-th (i = 0..Q-1) has N - i left, so (1/Q) sum_i 1/(N - i), which is
     H_N / N when every pair is queried (0.340 for 8 pairs)."""
-    task = mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len, num_pairs=setting.num_pairs,
-                         num_train=1, num_test=1, layout=setting.layout)
+    task = mqar_task(setting)
     n, q = task.num_pairs, task.num_queries
     if task.layout == "zoology":
         return 1.0 / n
@@ -639,8 +644,7 @@ def main(argv=None):
         # bad --steps / --batch-size / --warmup / --weight-decay fail here, before any job
         mqar.TrainArgs(steps=setting.steps, lr=setting.lr, batch_size=setting.batch_size,
                        schedule=setting.schedule, warmup=setting.warmup, weight_decay=setting.weight_decay)
-        mqar.MQARTask(vocab_size=setting.vocab_size, seq_len=setting.seq_len, num_pairs=setting.num_pairs,
-                      num_train=setting.num_train, num_test=setting.num_test, layout=setting.layout)
+        mqar_task(setting)
         command = "python -m bmojo.eval.parity " + shlex.join(argv)
         summary = run_parity(rows, ns.seeds, setting, ns.device, ns.workers, ns.out, command, ns.time_limit,
                              resume=ns.resume, lrs=lrs)
