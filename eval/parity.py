@@ -95,6 +95,9 @@ ROWS = {
     "mamba2-from-hf": ("converted", "mamba2", {}),
     "bmojo": ("bmojo", "bmojo", {}),
     "bmojo-f": ("bmojo", "bmojo", dict(eidetic_capacity=0)),
+    # the B'MOJO presets tie the embeddings; untied, as the attention presets are since 2026-12-03
+    "bmojo-untied": ("bmojo", "bmojo", dict(tie_word_embeddings=False)),
+    "bmojo-f-untied": ("bmojo", "bmojo", dict(eidetic_capacity=0, tie_word_embeddings=False)),
     # B'MOJO with HF Mamba2's initialisation for the whole model (its blocks keep their MLP)
     "bmojo-hf-init": ("bmojo", "bmojo", _HF_INIT),
     "bmojo-f-hf-init": ("bmojo", "bmojo", dict(_HF_INIT, eidetic_capacity=0)),
