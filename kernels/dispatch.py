@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from .innovation.naive import decode_sets_step_
 from .memory_attention.naive import decode_attention_reference, memory_attention_chunked
 from .ssd.naive import ssd_chunked
 from .ssd.naive import ssd_step as _ssd_step_reference
@@ -98,3 +99,21 @@ def decode_attention(segments, scale, use_kernels="auto"):
         from .memory_attention.decode import decode_attention_triton
         return decode_attention_triton(segments, scale)
     return decode_attention_reference(segments, scale)
+
+
+# The fused eidetic update (innovation/decode.py) is the CUDA default; BMOJO_EIDETIC_KERNEL=0 falls back to the
+# reference, in place all the same.
+EIDETIC_KERNEL = os.environ.get("BMOJO_EIDETIC_KERNEL", "1") != "0"
+
+
+def eidetic_decode_step_(store, prev, cur, token, at_boundary, valid, use_kernels="auto"):
+    """One decoding token's update of the eidetic sets, in place (innovation/naive.py `decode_sets_step_`):
+    store, prev, cur (s, p, k, v) tuples of fixed size; token (s [B], p [B], k [B, Hkv, D], v)."""
+    if EIDETIC_KERNEL and use_triton(token[2], use_kernels):
+        # imported here, not at the top: it imports triton, which CPU-only installs may lack
+        from .innovation.decode import eidetic_decode_step_triton_
+        return eidetic_decode_step_triton_(store, prev, cur, token, at_boundary, valid)
+    # Only one token in w opens a chunk. Eager decoding skips the rotation when no row's token does (one host
+    # read of a flag costs less than the ops); a compiled step always runs it, masked by row.
+    rotate = torch.compiler.is_compiling() or bool(at_boundary.any())
+    return decode_sets_step_(store, prev, cur, token, at_boundary, valid, rotate=rotate)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.dispatch import decode_attention, memory_attention
+from ..kernels.dispatch import decode_attention, eidetic_decode_step_, memory_attention
 from .common import RMSNorm, rope_angles, rotate
 from .innovation import InnovationPredictor, parallel_eidetic, sets_after_prefill, step_sets
 from .mamba2 import Mamba2Mixer
@@ -162,13 +162,17 @@ class BMojoMixer(Attention):
         segments = []
         if self.eidetic:
             innovation = self.predictor(state.f_last[:, None], k[:, None])[:, 0]  # (B,)
-            token = {"s": innovation.detach().float(), "p": pos, "k": k, "v": v}
-            token = {name: t[:, None] for name, t in token.items()}
+            token = (innovation.detach().float(), pos, k, v)
             at_boundary = valid & (pos % self.window == 0)
-            sets = {name: token_set.as_dict() for name, token_set in state.sets().items()}
-            sets = step_sets(sets, token, at_boundary, valid, self.capacity, self.per_chunk)
-            for name, token_set in state.sets().items():
-                token_set.assign(sets[name])
+            if self.capacity is None:  # an unbounded store grows (eagerly): merged as a new, larger set
+                sets = {name: token_set.as_dict() for name, token_set in state.sets().items()}
+                token = {name: t[:, None] for name, t in zip("spkv", token)}
+                sets = step_sets(sets, token, at_boundary, valid, self.capacity, self.per_chunk)
+                for name, token_set in state.sets().items():
+                    token_set.assign(sets[name])
+            else:  # fixed sizes: updated in place, one fused launch on CUDA
+                eidetic_decode_step_(state.store.as_tuple(), state.prev.as_tuple(), state.cur.as_tuple(),
+                                     token, at_boundary, valid, use_kernels=self.use_kernels)
             store = state.store
             segments.append((q, store.k, store.v, ~torch.isneginf(store.s)))
         copy_rows(state.f_last, f, valid)

@@ -172,6 +172,9 @@ class TokenSet(State):
     def as_dict(self):
         return {"s": self.s, "p": self.p, "k": self.k, "v": self.v}
 
+    def as_tuple(self):
+        return self.s, self.p, self.k, self.v
+
     def assign(self, tokens):
         """Takes the contents of a dict set of the same size, in place; a larger one (an unbounded store
         that grew) re-binds the tensors."""

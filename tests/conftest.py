@@ -65,3 +65,18 @@ def cache_of(out):
     still works but logs a deprecation warning; `out.past_key_values` before. (Our forward takes the
     cache as `cache=` on every version.)"""
     return getattr(out, CACHE_NAME)
+
+
+def in_position_order(token_set):
+    """A token set's (p, s, k, v) with each row's entries sorted by position, empty slots last (and their
+    keys and values zeroed: decoding leaves them unspecified). Decoding keeps a set in no particular slot
+    order (kernels/innovation/naive.py), prefill in position order: compare sets through this."""
+    order = torch.argsort(token_set.p, dim=-1, stable=True)
+    p, s = torch.gather(token_set.p, -1, order), torch.gather(token_set.s, -1, order)
+    filled = torch.isfinite(s)[..., None, None]
+
+    def rows(x):
+        x = torch.gather(x, 1, order[..., None, None].expand(-1, -1, *x.shape[2:]))
+        return torch.where(filled, x, torch.zeros((), dtype=x.dtype))
+
+    return p, s, rows(token_set.k), rows(token_set.v)

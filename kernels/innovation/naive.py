@@ -137,3 +137,90 @@ def eidetic_stores(cand_scores, cand_pos, capacity):
 def innovation_scores(keys, predicted_keys):
     """e_t = ||k_t - k̂_t||^2 / d_k, averaged over KV heads. keys, predicted [B, T, Hkv, D] -> [B, T]."""
     return (keys.float() - predicted_keys.float()).pow(2).mean(dim=(-1, -2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding: the sets updated in place, entries never moved (the reference of innovation/decode.py)
+# ---------------------------------------------------------------------------------------------
+# A decoding step selects what the ordered merges above select (the same best-k rule), but writes only what
+# changes: an entry that stays keeps its slot, and newcomers take the slots that were freed or empty, in slot
+# order. The sets are then in no particular order (attention reads them as sets); a compiled step writes a
+# few rows instead of re-packing a store of hundreds, and the fused kernel does the whole update in one launch.
+# Empty slots are marked by (-inf, EMPTY) only: their keys and values are left as they were and never read.
+
+
+def _rows_at(x, index):
+    """x [B, S, ...] at one slot per row, index [B, n] -> [B, n, ...]."""
+    idx = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    return torch.gather(x, 1, idx)
+
+
+def _write_slots_(dest, slot, src, write):
+    """dest[b, slot[b, j]] = src[b, j] where write[b, j], in place: the slots a row writes are distinct."""
+    rows = torch.arange(dest.shape[0], device=dest.device)[:, None].expand_as(slot)
+    old = dest[rows, slot]
+    keep = write.reshape(*write.shape, *([1] * (src.dim() - 2)))
+    dest[rows, slot] = torch.where(keep, src.to(dest.dtype), old)
+
+
+def merge_into_(store, new, rows):
+    """store := the best `M` (its size) of store ∪ new, for the rows where `rows` [B] is True, in place.
+
+    store, new: (s [B, S], p [B, S], k [B, S, Hkv, D], v); every real entry of `new` is later than those of
+    `store`. When the union has more than M real entries exactly M are kept, so every freed slot is refilled."""
+    s, p = store[0], store[1]
+    size = s.shape[1]
+    key = order_key(torch.cat([s, new[0]], -1), torch.cat([p, new[1]], -1))
+    real = key != _NO_KEY
+    if key.shape[-1] > size:
+        kth = torch.kthvalue(key, key.shape[-1] - size + 1, dim=-1, keepdim=True).values  # M-th largest
+        keep = real & (key >= kth)  # real keys are distinct: at most M, all of them when fewer are real
+    else:
+        keep = real
+    free, incoming = ~keep[:, :size], keep[:, size:]
+    free_rank = torch.cumsum(free.to(torch.int32), -1) - 1  # slot i is the free_rank[i]-th free slot
+    new_rank = torch.cumsum(incoming.to(torch.int32), -1) - 1  # entry j is the new_rank[j]-th newcomer
+    # the newcomer of each rank sits at new-set index source[r]: a scatter into a spare last column for the rest
+    count = incoming.shape[-1]
+    source = torch.zeros(s.shape[0], count + 1, dtype=torch.long, device=s.device).scatter(
+        -1, torch.where(incoming, new_rank, count).long(),
+        torch.arange(count, device=s.device).expand_as(new_rank))[:, :count]
+    refill = free & (free_rank < incoming.sum(-1, keepdim=True)) & rows[:, None]
+    from_slot = torch.gather(source, -1, free_rank.clamp(0, max(count - 1, 0)).long())  # (B, M)
+    for dest, src in zip(store, new):
+        picked = _rows_at(src, from_slot)
+        keep_shape = refill.reshape(*refill.shape, *([1] * (dest.dim() - 2)))
+        dest.copy_(torch.where(keep_shape, picked.to(dest.dtype), dest))
+
+
+def insert_token_(tokens, token, valid):
+    """tokens := the best n (its size) of tokens ∪ {token} for the rows where `valid` [B], in place: the
+    token takes the first empty slot, else the worst entry's slot if it ranks above it."""
+    s, p = tokens[0], tokens[1]
+    key = order_key(s, p)
+    token_key = order_key(token[0][:, None], token[1][:, None])[:, 0]
+    empty = key == _NO_KEY
+    has_empty = empty.any(-1)
+    worst_key, worst = key.min(-1)
+    slot = torch.where(has_empty, empty.to(torch.int8).argmax(-1), worst)  # argmax: the first empty slot
+    write = valid & (has_empty | (token_key > worst_key))
+    for dest, src in zip(tokens, token):
+        _write_slots_(dest, slot[:, None], src[:, None], write[:, None])
+
+
+def decode_sets_step_(store, prev, cur, token, at_boundary, valid, rotate=True):
+    """One decoding token's update of the eidetic sets, in place (DESIGN.md §3.4).
+
+    store (size M_e), prev and cur (size n_e): (s [B, S] float32, p [B, S] int64, k [B, S, Hkv, D], v);
+    token: (s [B], p [B], k [B, Hkv, D], v); at_boundary [B]: the token opens a chunk (valid rows only);
+    valid [B]. Entering chunk c, chunk c-2's candidates (prev) join the store and chunk c-1's (cur) wait
+    one more chunk; then the token competes for cur. `rotate=False` skips the chunk rotation (the caller
+    knows no row is at a boundary)."""
+    if rotate:
+        if store[0].shape[1] > 0:
+            merge_into_(store, prev, at_boundary)
+        for dest, src in zip(prev, cur):
+            dest.copy_(torch.where(at_boundary.reshape(-1, *([1] * (dest.dim() - 1))), src, dest))
+        cur[0].masked_fill_(at_boundary[:, None], float("-inf"))
+        cur[1].masked_fill_(at_boundary[:, None], EMPTY)
+    insert_token_(cur, token, valid)
