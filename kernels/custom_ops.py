@@ -41,15 +41,16 @@ def launch(kernel):
     return torch.library.wrap_triton(kernel) if USE_TRITON_OP else kernel
 
 
-def kernel_op(name, fake):
+def kernel_op(name, fake, mutates=()):
     """Decorator: registers a launcher as the op `bmojo::<name>`; `fake` computes the outputs' metadata
-    (used as the fake implementation of the custom_op form; the triton_op form traces the body)."""
+    (used as the fake implementation of the custom_op form; the triton_op form traces the body).
+    `mutates`: the names of the arguments the op writes in place (it then returns None)."""
 
     def register(fn):
         qualname = f"bmojo::{name}"
         if USE_TRITON_OP:
-            return torch.library.triton_op(qualname, fn, mutates_args=())
-        op = torch.library.custom_op(qualname, fn, mutates_args=())
+            return torch.library.triton_op(qualname, fn, mutates_args=mutates)
+        op = torch.library.custom_op(qualname, fn, mutates_args=mutates)
         op.register_fake(fake)
         return op
 
