@@ -101,8 +101,8 @@ def decode_attention(segments, scale, use_kernels="auto"):
     return decode_attention_reference(segments, scale)
 
 
-# The fused eidetic update (innovation/decode.py) is the CUDA default; BMOJO_EIDETIC_KERNEL=0 falls back to the
-# reference, in place all the same.
+# The fused eidetic update (innovation/decode.py) is the CUDA default; BMOJO_EIDETIC_KERNEL=0 falls back
+# to the reference, in place all the same.
 EIDETIC_KERNEL = os.environ.get("BMOJO_EIDETIC_KERNEL", "1") != "0"
 
 

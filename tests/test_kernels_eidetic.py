@@ -94,7 +94,8 @@ def test_in_place_reference_selects_what_the_ordered_merges_select(store, per_ch
                                                                            ordered.tuples())}
         sets = step_sets(sets, {n: x[:, None] for n, x in zip("spkv", token)}, at_boundary, valid, store,
                          per_chunk)
-        ordered.store, ordered.prev, ordered.cur = ([sets[n][x] for x in "spkv"] for n in ("store", "prev", "cur"))
+        ordered.store, ordered.prev, ordered.cur = ([sets[n][x] for x in "spkv"]
+                                                    for n in ("store", "prev", "cur"))
         assert_same_sets(slots, ordered, t)
         evicted += int((full & at_boundary & torch.isfinite(slots.prev[0]).any(-1)).any())
     assert evicted > 0, "the stream must fill the store and evict from it"
@@ -109,7 +110,8 @@ def random_sets(gen, batch, store, per_chunk, kv_heads, dim, fill, dtype=torch.f
         empty = torch.rand(batch, size, generator=gen) > fill
         k = torch.randn(batch, size, kv_heads, dim, generator=gen).to(dtype)
         v = torch.randn(batch, size, kv_heads, dim, generator=gen).to(dtype)
-        return [t.to(device) for t in (s.masked_fill(empty, float("-inf")), p.masked_fill(empty, EMPTY), k, v)]
+        s, p = s.masked_fill(empty, float("-inf")), p.masked_fill(empty, EMPTY)
+        return [t.to(device) for t in (s, p, k, v)]
 
     sets = object.__new__(Sets)
     sets.store, sets.prev, sets.cur = one(store, 0), one(per_chunk, 10_000), one(per_chunk, 20_000)

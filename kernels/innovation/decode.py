@@ -166,11 +166,13 @@ def _check(store, prev, cur, token, at_boundary, valid):
                              f"{tuple(s.shape)} and {p.dtype} {tuple(p.shape)}")
         if k.shape != v.shape or tuple(k.shape[:2]) != tuple(s.shape) or k.shape[2:] != token[2].shape[1:]:
             raise ValueError(f"{name}: k and v must be [B, S, Hkv, D] = [{batch}, {s.shape[1]}, "
-                             f"{', '.join(map(str, token[2].shape[1:]))}]; got {tuple(k.shape)}, {tuple(v.shape)}")
+                             f"{', '.join(map(str, token[2].shape[1:]))}]; "
+                             f"got {tuple(k.shape)}, {tuple(v.shape)}")
         if not all(t.is_contiguous() for t in tensors):
             raise ValueError(f"{name}: the set's tensors must be contiguous (they are written in place)")
     if prev[0].shape != cur[0].shape:
-        raise ValueError(f"prev and cur must have one size n_e; got {tuple(prev[0].shape)}, {tuple(cur[0].shape)}")
+        raise ValueError(f"prev and cur must have one size n_e; "
+                         f"got {tuple(prev[0].shape)}, {tuple(cur[0].shape)}")
     if at_boundary.dtype != torch.bool or valid.dtype != torch.bool:
         raise ValueError(f"at_boundary and valid must be bool [B]; got {at_boundary.dtype}, {valid.dtype}")
 

@@ -145,7 +145,8 @@ def innovation_scores(keys, predicted_keys):
 # A decoding step selects what the ordered merges above select (the same best-k rule), but writes only what
 # changes: an entry that stays keeps its slot, and newcomers take the slots that were freed or empty, in slot
 # order. The sets are then in no particular order (attention reads them as sets); a compiled step writes a
-# few rows instead of re-packing a store of hundreds, and the fused kernel does the whole update in one launch.
+# few rows instead of re-packing a store of hundreds, and the fused kernel does the whole update in one
+# launch.
 # Empty slots are marked by (-inf, EMPTY) only: their keys and values are left as they were and never read.
 
 
@@ -167,7 +168,8 @@ def merge_into_(store, new, rows):
     """store := the best `M` (its size) of store ∪ new, for the rows where `rows` [B] is True, in place.
 
     store, new: (s [B, S], p [B, S], k [B, S, Hkv, D], v); every real entry of `new` is later than those of
-    `store`. When the union has more than M real entries exactly M are kept, so every freed slot is refilled."""
+    `store`. When the union has more than M real entries exactly M are kept, so every freed slot is
+    refilled."""
     s, p = store[0], store[1]
     size = s.shape[1]
     key = order_key(torch.cat([s, new[0]], -1), torch.cat([p, new[1]], -1))
@@ -180,7 +182,7 @@ def merge_into_(store, new, rows):
     free, incoming = ~keep[:, :size], keep[:, size:]
     free_rank = torch.cumsum(free.to(torch.int32), -1) - 1  # slot i is the free_rank[i]-th free slot
     new_rank = torch.cumsum(incoming.to(torch.int32), -1) - 1  # entry j is the new_rank[j]-th newcomer
-    # the newcomer of each rank sits at new-set index source[r]: a scatter into a spare last column for the rest
+    # the newcomer of rank r sits at index source[r] of the new set (the others scatter to a spare column)
     count = incoming.shape[-1]
     source = torch.zeros(s.shape[0], count + 1, dtype=torch.long, device=s.device).scatter(
         -1, torch.where(incoming, new_rank, count).long(),
