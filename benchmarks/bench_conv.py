@@ -1,0 +1,96 @@
+"""The Mamba-2 mixer's causal depthwise conv1d + SiLU, forward and backward: ours (PyTorch's conv1d, eager
+and under torch.compile) against fla-core's Triton `causal_conv1d` (issue 11: use a library kernel where it
+is measured faster). Same inputs, one process; the relative error of each against ours in float32 is
+printed beside its time.
+
+Usage (GPU; fla-core optional, rows without it are skipped):
+    python benchmarks/bench_conv.py [--shapes 8x2048,2x8192] [--channels 1024] [--out bench_conv.json]
+"""
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def ours(x, weight, bias):
+    """x [B, T, C], weight [C, 1, W] -> silu(causal depthwise conv) [B, T, C], as Mamba2Mixer.forward."""
+    seqlen = x.shape[1]
+    return F.silu(F.conv1d(x.transpose(1, 2), weight, bias, padding=weight.shape[-1] - 1,
+                           groups=x.shape[-1])[..., :seqlen].transpose(1, 2))
+
+
+def fla_conv(x, weight, bias):
+    from fla.modules.causal_conv1d import causal_conv1d
+    return causal_conv1d(x, weight[:, 0], bias, activation="silu")[0]
+
+
+def time_ms(fn, x, w, b, grad, reps=20):
+    def once():
+        y = fn(x, w, b)
+        y.backward(grad)
+
+    for _ in range(3):
+        once()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        once()
+    torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start) / reps
+
+
+def rel_err(fn, x, w, b, grad):
+    """Output and input-gradient errors in float32 against ours."""
+    def run(f):
+        xs, ws, bs = (t.detach().float().requires_grad_() for t in (x, w, b))
+        y = f(xs, ws, bs)
+        y.backward(grad.float())
+        return [y, xs.grad, ws.grad, bs.grad]
+
+    got, ref = run(fn), run(ours)
+    return max(((g - r).norm() / r.norm()).item() for g, r in zip(got, ref))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shapes", default="8x2048,2x8192")
+    parser.add_argument("--channels", type=int, default=1024)
+    parser.add_argument("--width", type=int, default=4)
+    parser.add_argument("--out", default="bench_conv.json")
+    args = parser.parse_args()
+    rows = {"ours (eager)": ours, "ours (torch.compile)": torch.compile(ours)}
+    try:
+        import fla  # noqa: F401
+        rows["fla-core causal_conv1d (triton)"] = fla_conv
+    except ImportError as exc:
+        print(f"fla-core not importable ({exc}): its row is skipped")
+    results = []
+    for shape in args.shapes.split(","):
+        batch, seqlen = (int(n) for n in shape.split("x"))
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        x = torch.randn(batch, seqlen, args.channels, device="cuda", generator=gen,
+                        dtype=torch.bfloat16).requires_grad_()
+        w = (torch.randn(args.channels, 1, args.width, device="cuda", generator=gen) * 0.3).requires_grad_()
+        b = torch.randn(args.channels, device="cuda", generator=gen).requires_grad_()
+        grad = torch.randn(batch, seqlen, args.channels, device="cuda", generator=gen, dtype=torch.bfloat16)
+        w16, b16 = w.detach().to(torch.bfloat16).requires_grad_(), b.detach().to(torch.bfloat16).requires_grad_()
+        for name, fn in rows.items():
+            try:
+                ms = time_ms(fn, x, w16, b16, grad)
+                err = rel_err(fn, x, w, b, grad)
+            except Exception as exc:  # a library kernel that fails here is reported, not fatal
+                print(f"{shape} {name}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
+                results.append(dict(shape=shape, row=name, error=f"{type(exc).__name__}: {exc}"[:500]))
+                continue
+            print(f"{shape} C={args.channels} {name:>34}: fwd+bwd {ms:7.3f} ms, rel err (fp32) {err:.2e}")
+            results.append(dict(shape=shape, channels=args.channels, row=name, fwd_bwd_ms=ms, rel_err_fp32=err))
+    meta = dict(date=time.strftime("%Y-%m-%d"), device=torch.cuda.get_device_name(), torch=torch.__version__)
+    with open(args.out, "w") as f:
+        json.dump(dict(meta, results=results), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
