@@ -36,19 +36,23 @@ USE_TRITON_OP = (hasattr(torch.library, "triton_op") and not _interpreted()
                  and os.environ.get("BMOJO_OPAQUE_KERNELS", "0") != "1")
 
 
-def launch(kernel):
-    """The kernel as the op body must launch it: wrapped for tracing under triton_op, as is otherwise."""
-    return torch.library.wrap_triton(kernel) if USE_TRITON_OP else kernel
+def launch(kernel, traced=True):
+    """The kernel as the op body must launch it: wrapped for tracing under triton_op, as is otherwise
+    (`traced=False`: the body of an op registered as an opaque custom_op, see `kernel_op`)."""
+    return torch.library.wrap_triton(kernel) if USE_TRITON_OP and traced else kernel
 
 
 def kernel_op(name, fake, mutates=()):
     """Decorator: registers a launcher as the op `bmojo::<name>`; `fake` computes the outputs' metadata
     (used as the fake implementation of the custom_op form; the triton_op form traces the body).
-    `mutates`: the names of the arguments the op writes in place (it then returns None)."""
+    `mutates`: the names of the arguments the op writes in place (it then returns None). Such an op is
+    always an opaque `custom_op`: functionalization rejects a `triton_op` that mutates its inputs (torch 2.11
+    on an H200: "Found a custom (non-ATen) operator whose output has alias annotations"), while a mutating
+    custom_op is traced as `auto_functionalized` and written back in place by Inductor."""
 
     def register(fn):
         qualname = f"bmojo::{name}"
-        if USE_TRITON_OP:
+        if USE_TRITON_OP and not mutates:
             return torch.library.triton_op(qualname, fn, mutates_args=mutates)
         op = torch.library.custom_op(qualname, fn, mutates_args=mutates)
         op.register_fake(fake)

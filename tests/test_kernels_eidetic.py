@@ -167,6 +167,28 @@ def test_interpreter_kernel_follows_a_decoding_stream():
 
 
 @pytest.mark.skipif(not (CUDA or INTERPRET), reason="needs CUDA or the interpreter")
+def test_compiled_call_writes_the_sets_in_place():
+    """Inside a compiled graph (fullgraph, AOT autograd's functionalization: how a compiled decode step
+    sees the op) the op still writes the caller's tensors, as the eager call does."""
+    device = "cuda" if CUDA else "cpu"
+    gen = torch.Generator().manual_seed(3)
+    sets = random_sets(gen, 2, 16, 4, 2, 16, 1.0, device=device)
+    token = (torch.randn(2, device=device), torch.full((2,), 30_000, device=device),
+             torch.randn(2, 2, 16, device=device), torch.randn(2, 2, 16, device=device))
+    flags = (torch.tensor([True, False], device=device), torch.tensor([True, True], device=device))
+    eager, compiled = sets.clone(), sets.clone()
+    eidetic_decode_step_triton_(*eager.tuples(), token, *flags)
+
+    @torch.compile(backend="aot_eager", fullgraph=True)
+    def step(store, prev, cur, token, at_boundary, valid):
+        eidetic_decode_step_triton_(store, prev, cur, token, at_boundary, valid)
+
+    step(*compiled.tuples(), token, *flags)
+    assert_same_sets(compiled, eager, "compiled")
+    assert not torch.equal(compiled.store[1], sets.store[1]), "the step must have changed the store"
+
+
+@pytest.mark.skipif(not (CUDA or INTERPRET), reason="needs CUDA or the interpreter")
 def test_custom_op_passes_opcheck():
     """torch.library.opcheck of bmojo::eidetic_decode_step: schema (it declares what it mutates), fake
     implementation, dispatch."""

@@ -14,8 +14,9 @@ Here one program per row reads its flags and does only what the row needs:
 
 Order keys are `naive.order_key`'s: (score desc, position asc) as one int64, larger is better.
 
-Registered as the mutating custom op `bmojo::eidetic_decode_step` (kernels/custom_ops.py), so a compiled,
-CUDA-graphed decode step traces through it and writes the state buffers in place.
+Registered as the mutating custom op `bmojo::eidetic_decode_step` (kernels/custom_ops.py: an opaque
+custom_op, since it writes its inputs), so a compiled, CUDA-graphed decode step calls it without a graph
+break and it writes the state buffers in place.
 """
 
 import torch
@@ -150,7 +151,7 @@ def _eidetic_step_op(store_s: Tensor, store_p: Tensor, store_k: Tensor, store_v:
     batch, size = (int(n) for n in store_s.shape)
     per_chunk = int(cur_s.shape[1])
     hd = int(cur_k[0, 0].numel())
-    launch(_eidetic_step_kernel)[(batch,)](
+    launch(_eidetic_step_kernel, traced=False)[(batch,)](
         store_s, store_p, store_k, store_v, prev_s, prev_p, prev_k, prev_v, cur_s, cur_p, cur_k, cur_v,
         tok_s, tok_p, tok_k, tok_v, at_boundary, valid, size, per_chunk, hd,
         BLOCK_M=max(2, triton.next_power_of_2(size)), BLOCK_N=max(2, triton.next_power_of_2(per_chunk)),
