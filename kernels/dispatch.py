@@ -106,10 +106,15 @@ def decode_attention(segments, scale, use_kernels="auto"):
 EIDETIC_KERNEL = os.environ.get("BMOJO_EIDETIC_KERNEL", "1") != "0"
 
 
+def eidetic_kernel_used(tensor, use_kernels="auto"):
+    """Whether `eidetic_decode_step_` takes the Triton kernel for inputs like `tensor`."""
+    return EIDETIC_KERNEL and use_triton(tensor, use_kernels)
+
+
 def eidetic_decode_step_(store, prev, cur, token, at_boundary, valid, use_kernels="auto"):
     """One decoding token's update of the eidetic sets, in place (innovation/naive.py `decode_sets_step_`):
     store, prev, cur (s, p, k, v) tuples of fixed size; token (s [B], p [B], k [B, Hkv, D], v)."""
-    if EIDETIC_KERNEL and use_triton(token[2], use_kernels):
+    if eidetic_kernel_used(token[2], use_kernels):
         # imported here, not at the top: it imports triton, which CPU-only installs may lack
         from .innovation.decode import eidetic_decode_step_triton_
         return eidetic_decode_step_triton_(store, prev, cur, token, at_boundary, valid)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.dispatch import decode_attention, eidetic_decode_step_, memory_attention
+from ..kernels.dispatch import decode_attention, eidetic_decode_step_, eidetic_kernel_used, memory_attention
 from .common import RMSNorm, rope_angles, rotate
 from .innovation import InnovationPredictor, parallel_eidetic, sets_after_prefill, step_sets
 from .mamba2 import Mamba2Mixer
@@ -78,6 +78,10 @@ class Attention(nn.Module):
         full = self.window is None
         return AttentionState(batch, size, self.kv_heads, self.head_dim, device, dtype, full=full)
 
+    def writes_state_through_custom_op(self, hidden):
+        """Whether `step` updates its state with a mutating custom op (see modeling._decode_layer)."""
+        return False
+
     def _attend(self, q_rot, segments):
         """One query per row against key segments: q_rot [B, H, D], segments [(q [B, H, D], k [B, S, Hkv, D],
         v, mask [B, S])] -> [B, H, D] in q_rot's dtype, one softmax over all segments (a row without a valid
@@ -115,6 +119,9 @@ class BMojoMixer(Attention):
         self.capacity = config.eidetic_capacity
         self.eidetic = self.capacity != 0 and self.per_chunk > 0
         self.predictor = InnovationPredictor(config) if self.eidetic else None
+
+    def writes_state_through_custom_op(self, hidden):
+        return self.eidetic and self.capacity is not None and eidetic_kernel_used(hidden, self.use_kernels)
 
     def fading_kv(self, f):
         return self.project_keys(f, self.kf_proj or self.k_proj, self.vf_proj or self.v_proj)

@@ -117,6 +117,9 @@ class Mamba2Mixer(nn.Module):
         return Mamba2State(batch, self.conv_dim, self.kernel, self.heads, self.head_dim, self.state_size,
                            device, dtype)
 
+    def writes_state_through_custom_op(self, hidden):
+        return False
+
     def step(self, hidden, pos, valid, state):
         """One token per row: hidden [B, d], valid [B] bool. Updates `state` in place for valid rows only
         (`pos` is unused: the SSM has no positions; the argument keeps one signature for every mixer)."""

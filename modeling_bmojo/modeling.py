@@ -76,8 +76,18 @@ def _compile_once_per_layer_kind(fn):
 
 
 @_compile_once_per_layer_kind
-def _decode_layer(layer, hidden, pos, valid, state):
+def _decode_layer_region(layer, hidden, pos, valid, state):
     return layer.step(hidden, pos, valid, state)
+
+
+def _decode_layer(layer, hidden, pos, valid, state):
+    """A layer's decode step, in a nested compile region unless the layer writes its state through a custom
+    op (the fused eidetic update): a region whose inputs such an op mutates fails to functionalize (torch
+    2.11: "Found a custom (non-ATen) operator whose output has alias annotations"); inlined into the step's
+    graph, the op is functionalized and written back in place as any other."""
+    if layer.mixer.writes_state_through_custom_op(hidden):
+        return layer.step(hidden, pos, valid, state)
+    return _decode_layer_region(layer, hidden, pos, valid, state)
 
 
 @_compile_once_per_layer_kind

@@ -221,3 +221,39 @@ def test_gpu_kernel_matches_reference(batch):
     evictions = sum(kernel_matches_reference(gen, batch, 512, 32, 12, 64, fill, torch.bfloat16, "cuda")
                     for fill in (0.5, 1.0, 1.0))
     assert evictions > 0
+
+
+@pytest.mark.skipif(not (CUDA or INTERPRET), reason="needs CUDA or the interpreter")
+@torch.no_grad()
+def test_compiled_model_decode_step_with_the_kernel_equals_eager(monkeypatch):
+    """The model's decode step, compiled whole (fullgraph, AOT autograd, each layer a nested compile
+    region as generate() compiles it) with the eidetic update going through the kernel, gives the eager
+    step's logits and sets, across chunk boundaries and a full, evicting store."""
+    from bmojo.modeling_bmojo import attention
+    from conftest import random_ids, tiny_model
+
+    def through_kernel(store, prev, cur, token, at_boundary, valid, use_kernels="auto"):
+        return eidetic_decode_step_triton_(store, prev, cur, token, at_boundary, valid)
+
+    monkeypatch.setattr(attention, "eidetic_decode_step_", through_kernel)  # as on CUDA
+    monkeypatch.setattr(attention, "eidetic_kernel_used", lambda tensor, use_kernels="auto": True)
+    device = "cuda" if CUDA else "cpu"
+    model = tiny_model().to(device)
+    ids = random_ids(2, 21, seed=3).to(device)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    caches = [model(ids, use_cache=True).past_key_values, model(ids, use_cache=True).past_key_values]
+    token = ids[:, -1:]
+    for _ in range(40):  # w = 8: five chunk boundaries; the store (16) fills from the fourth chunk on
+        one = torch.ones(2, 1, dtype=torch.long, device=device)
+        want = model(token, attention_mask=one, past_key_values=caches[0]).logits
+        got = compiled(token, attention_mask=one, past_key_values=caches[1]).logits
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        token = want[:, -1].argmax(-1, keepdim=True)
+    torch._dynamo.reset()
+    for layer in range(2):
+        for name in ("store", "prev", "cur"):
+            a, b = (in_position_order(getattr(c.states[layer], name)) for c in caches)
+            for x, y in zip(a, b):
+                assert torch.equal(x, y), (layer, name)
+    assert bool(torch.isfinite(caches[0].states[0].store.s).all())
