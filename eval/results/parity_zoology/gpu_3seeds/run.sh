@@ -2,7 +2,7 @@
 # Device call (ninth session, 2026-12-03), one lease: issue 12's MQAR parity on Zoology's layout with 3 seeds per
 # row, HF rows beside ours in the same run (SWA vs HF Mistral at lr 1e-3; Mamba-2 vs HF Mamba2 at lr 3e-3; the
 # B'MOJO rows at lr 1e-3; HF Llama and our full attention have their 3 seeds in ../gpu/llama_3seeds), 18
-# one-thread processes side by side (18), while the GPU tests of the fused eidetic decoding update run (correctness
+# one-thread processes side by side, while the GPU tests of the fused eidetic decoding update run (correctness
 # only). Then, on the quiet machine, generate() at 2k for bmojo-compiled and llama-static (issue 10).
 source benchmarks/device_env.sh
 export PYTHONUNBUFFERED=1
