@@ -25,13 +25,16 @@ import triton.language as tl
 from torch import Tensor
 
 from ..custom_ops import kernel_op, launch
-from . import naive
+from .naive import _LOW_BITS as NAIVE_LOW_BITS
+from .naive import _NO_KEY as NAIVE_NO_KEY
+from .naive import EMPTY as NAIVE_EMPTY
 
-# Triton reads module globals only as constexprs
-EMPTY = tl.constexpr(naive.EMPTY)
-_NO_KEY = tl.constexpr(naive._NO_KEY)
-_LOW_BITS = tl.constexpr(naive._LOW_BITS)
-_INT64_MAX = tl.constexpr(naive.EMPTY)  # EMPTY is the largest int64
+# Triton reads module globals only as constexprs. Names, not `from . import naive`: the Hub's flat
+# file (hub/flatten.py) merges modules, so a module object cannot be imported there
+EMPTY = tl.constexpr(NAIVE_EMPTY)
+_NO_KEY = tl.constexpr(NAIVE_NO_KEY)
+_LOW_BITS = tl.constexpr(NAIVE_LOW_BITS)
+_INT64_MAX = tl.constexpr(NAIVE_EMPTY)  # EMPTY is the largest int64
 
 
 @triton.jit
