@@ -251,9 +251,12 @@ def test_compiled_model_decode_step_with_the_kernel_equals_eager(monkeypatch):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         token = want[:, -1].argmax(-1, keepdim=True)
     torch._dynamo.reset()
+    # The same tokens in the same sets, exactly; scores, keys and values to float rounding: AOT autograd's
+    # decompositions may round the projections differently from eager on CUDA (bitwise equal on CPU)
     for layer in range(2):
         for name in ("store", "prev", "cur"):
-            a, b = (in_position_order(getattr(c.states[layer], name)) for c in caches)
-            for x, y in zip(a, b):
-                assert torch.equal(x, y), (layer, name)
+            (p0, *values0), (p1, *values1) = (in_position_order(getattr(c.states[layer], name)) for c in caches)
+            assert torch.equal(p1, p0), (layer, name, "positions")
+            for field, x, y in zip("skv", values1, values0):
+                torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5, msg=f"layer {layer} {name}.{field}")
     assert bool(torch.isfinite(caches[0].states[0].store.s).all())
