@@ -5,7 +5,8 @@ relative imports it cannot find there. We keep one source of truth (the package)
 flat `modeling_bmojo.py` / `configuration_bmojo.py` from it:
 
 1. Starting from root modules, follow every relative import (top-level or nested) to the module
-   that DEFINES the imported name (package `__init__` re-exports are followed, not copied).
+   that DEFINES the imported name (package `__init__` re-exports, at top level or in a top-level `if`,
+   are followed, not copied).
 2. Order the modules so each comes after the modules its top-level imports need.
 3. Hoist and deduplicate absolute imports; drop relative ones. A nested relative import (inside a
    function or a `try:`) becomes `pass`, since the names are already module globals.
@@ -96,6 +97,18 @@ def relative_imports(module):
             raise FlattenError(f"{module.name}: `import .x` cannot be flattened (line {node.lineno})")
 
 
+def runs_at_import(module):
+    """ids of the statements that bind module globals on import: the body and, recursively, the branches of
+    its top-level `if` statements (e.g. kernels/__init__.py re-exports only when not imported as `kernels`)."""
+    ids, todo = set(), list(module.tree.body)
+    while todo:
+        node = todo.pop()
+        ids.add(id(node))
+        if isinstance(node, ast.If):
+            todo += node.body + node.orelse
+    return ids
+
+
 class Flattener:
     """Collects, orders and renders the modules reachable from `roots`."""
 
@@ -121,9 +134,10 @@ class Flattener:
         if (module_name, symbol) in seen:
             raise FlattenError(f"import cycle while resolving {symbol!r} from {module_name}")
         module = self._get(module_name)
+        at_import = runs_at_import(module)
         for node, _ in relative_imports(module):
             for alias in node.names:
-                if (alias.asname or alias.name) == symbol and node in module.tree.body:
+                if (alias.asname or alias.name) == symbol and id(node) in at_import:
                     return self._definition(resolve_relative(module, node), alias.name,
                                             seen + ((module_name, symbol),))
         if module.is_package:
