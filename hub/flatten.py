@@ -99,7 +99,7 @@ def relative_imports(module):
 
 def runs_at_import(module):
     """ids of the statements that bind module globals on import: the body and, recursively, the branches of
-    its top-level `if` statements (e.g. kernels/__init__.py re-exports only when not imported as `kernels`)."""
+    its top-level `if` statements (kernels/__init__.py re-exports only when not imported as `kernels`)."""
     ids, todo = set(), list(module.tree.body)
     while todo:
         node = todo.pop()

@@ -80,3 +80,33 @@ def in_position_order(token_set):
         return torch.where(filled, x, torch.zeros((), dtype=x.dtype))
 
     return p, s, rows(token_set.k), rows(token_set.v)
+
+
+def triton_interpreter_marks(cuda):
+    """(INTERPRET, on_interpreter) for a Triton kernel test module, after its `pytest.importorskip("triton")`.
+
+    Triton picks its interpreter when it is first imported, and this conftest imports bmojo (and so triton)
+    before any test module: on CPU the interpreter cases run in a child pytest that has TRITON_INTERPRET=1
+    from its start (`run_under_interpreter`), or in this process when it is already set. `on_interpreter`
+    marks the cases that only make sense there (tiny shapes on CPU)."""
+    import triton
+
+    interpret = type(getattr(triton.language.standard, "zeros", None)).__name__ == "InterpretedFunction"
+    mark = pytest.mark.skipif(cuda or not interpret, reason="runs on CPU under TRITON_INTERPRET=1 "
+                              "(in the child process test_interpreter_suite starts)")
+    return interpret, mark
+
+
+def run_under_interpreter(test_file):
+    """Runs `test_file` in a child pytest with TRITON_INTERPRET=1 and asserts it passes. From the repository
+    root, where setup.cfg's pytest settings apply (kernels/__init__.py keeps the root's `kernels/` folder
+    from shadowing HF's `kernels` package there)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", test_file]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=root)
+    print(proc.stdout[-6000:], proc.stderr[-2000:])
+    assert proc.returncode == 0, proc.stdout[-6000:]

@@ -7,16 +7,12 @@ in a child pytest, as tests/test_kernels_memory_attention.py) on small sets. GPU
 the bench model's sizes (store 512, 32 candidates per chunk, 12 x 64 keys), bf16 keys.
 """
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from bmojo.kernels.innovation.naive import EMPTY, decode_sets_step_
 from bmojo.modeling_bmojo.innovation import step_sets
-from conftest import in_position_order
+from conftest import in_position_order, run_under_interpreter, triton_interpreter_marks
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 try:
@@ -25,9 +21,7 @@ except Exception as exc:  # a Triton build that cannot load the kernels
     pytest.skip(f"Triton kernels unavailable here: {exc!r}", allow_module_level=True)
 
 CUDA = torch.cuda.is_available()
-INTERPRET = type(getattr(triton.language.standard, "zeros", None)).__name__ == "InterpretedFunction"
-on_interpreter = pytest.mark.skipif(CUDA or not INTERPRET, reason="runs on CPU under TRITON_INTERPRET=1 "
-                                    "(in the child process test_interpreter_suite starts)")
+INTERPRET, on_interpreter = triton_interpreter_marks(CUDA)  # conftest: why a child process
 
 
 class Sets:
@@ -203,13 +197,7 @@ def test_custom_op_passes_opcheck():
 
 @pytest.mark.skipif(CUDA or INTERPRET, reason="the parent of the interpreter run, CPU only")
 def test_interpreter_suite():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", __file__]
-    # from the repository root, where setup.cfg's pytest settings apply
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    print(proc.stdout[-6000:], proc.stderr[-2000:])
-    assert proc.returncode == 0, proc.stdout[-6000:]
+    run_under_interpreter(__file__)
 
 
 # ---------------------------------------------------------------- GPU: the bench model's sizes
@@ -255,7 +243,8 @@ def test_compiled_model_decode_step_with_the_kernel_equals_eager(monkeypatch):
     # decompositions may round the projections differently from eager on CUDA (bitwise equal on CPU)
     for layer in range(2):
         for name in ("store", "prev", "cur"):
-            (p0, *values0), (p1, *values1) = (in_position_order(getattr(c.states[layer], name)) for c in caches)
+            sets = (in_position_order(getattr(c.states[layer], name)) for c in caches)
+            (p0, *values0), (p1, *values1) = sets
             assert torch.equal(p1, p0), (layer, name, "positions")
             for field, x, y in zip("skv", values1, values0):
                 torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5, msg=f"layer {layer} {name}.{field}")

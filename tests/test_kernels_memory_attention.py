@@ -1,17 +1,15 @@
 """Triton fused B'MOJO attention (kernels/memory_attention/parallel.py) against the PyTorch reference.
 
-CPU: the Triton interpreter (TRITON_INTERPRET=1, in a child pytest: see INTERPRET) on tiny shapes,
-float32 against the float64 definition. GPU (skipped without CUDA): the paper's shapes, bf16 and fp32.
-Every comparison covers the output and the gradient of every tensor input; errors are relative
+CPU: the Triton interpreter (TRITON_INTERPRET=1, in a child pytest: conftest.triton_interpreter_marks) on
+tiny shapes, float32 against the float64 definition. GPU (skipped without CUDA): the paper's shapes, bf16
+and fp32. Every comparison covers the output and the gradient of every tensor input; errors are relative
 (||x - ref|| / ||ref||) and printed (pytest -s shows them).
 """
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+
+from conftest import run_under_interpreter, triton_interpreter_marks
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 try:
@@ -23,12 +21,7 @@ except Exception as exc:  # a Triton build that cannot load the kernels
     pytest.skip(f"Triton kernels unavailable here: {exc!r}", allow_module_level=True)
 
 CUDA = torch.cuda.is_available()
-# The interpreter is chosen when triton is first imported, and the suite's conftest imports bmojo
-# (and so triton) before this module: on CPU the interpreter cases run in a child pytest that has
-# TRITON_INTERPRET=1 from its start (test_interpreter_suite below), or here when it is already set.
-INTERPRET = type(getattr(triton.language.standard, "zeros", None)).__name__ == "InterpretedFunction"
-on_interpreter = pytest.mark.skipif(CUDA or not INTERPRET, reason="runs on CPU under TRITON_INTERPRET=1 "
-                                    "(in the child process test_interpreter_suite starts)")
+INTERPRET, on_interpreter = triton_interpreter_marks(CUDA)  # conftest: why a child process
 DEVICE = "cuda" if CUDA else "cpu"
 GRAD_NAMES = ("q_rot", "k", "v", "q_raw", "fading_keys", "fading_values", "eidetic_keys", "eidetic_values")
 
@@ -132,14 +125,7 @@ def test_window_none_is_causal():
 
 @pytest.mark.skipif(CUDA or INTERPRET, reason="the parent of the interpreter run, CPU only")
 def test_interpreter_suite():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", __file__]
-    # from the repository root, where setup.cfg's pytest settings apply (the root is the package itself:
-    # nothing there shadows the installed bmojo)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    print(proc.stdout[-6000:], proc.stderr[-2000:])
-    assert proc.returncode == 0, proc.stdout[-6000:]
+    run_under_interpreter(__file__)
 
 
 @pytest.mark.skipif(not (CUDA or INTERPRET), reason="needs CUDA or the interpreter")

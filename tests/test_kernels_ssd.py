@@ -1,18 +1,16 @@
 """Triton SSD chunked scan (kernels/ssd/chunk.py) against the PyTorch definition.
 
-CPU: the Triton interpreter (TRITON_INTERPRET=1, in a child pytest: see INTERPRET) on tiny shapes,
-float32 against the float64 recurrence. GPU (skipped without CUDA): B=8, T=2048, H=24, P=64, N=128,
-bf16 and fp32 against the float64 chunked reference. Every comparison covers y, the final state and
-the gradients of x, dt, A, B, C, D and the initial state; errors are relative (||x - ref|| / ||ref||)
-and printed (pytest -s shows them).
+CPU: the Triton interpreter (TRITON_INTERPRET=1, in a child pytest: conftest.triton_interpreter_marks) on
+tiny shapes, float32 against the float64 recurrence. GPU (skipped without CUDA): B=8, T=2048, H=24, P=64,
+N=128, bf16 and fp32 against the float64 chunked reference. Every comparison covers y, the final state and
+the gradients of x, dt, A, B, C, D and the initial state; errors are relative (||x - ref|| / ||ref||) and
+printed (pytest -s shows them).
 """
-
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from conftest import run_under_interpreter, triton_interpreter_marks
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 try:
@@ -22,12 +20,7 @@ except Exception as exc:  # a Triton build that cannot load the kernels
     pytest.skip(f"Triton kernels unavailable here: {exc!r}", allow_module_level=True)
 
 CUDA = torch.cuda.is_available()
-# The interpreter is chosen when triton is first imported, and the suite's conftest imports bmojo
-# (and so triton) before this module: on CPU the interpreter cases run in a child pytest that has
-# TRITON_INTERPRET=1 from its start (test_interpreter_suite below), or here when it is already set.
-INTERPRET = type(getattr(triton.language.standard, "zeros", None)).__name__ == "InterpretedFunction"
-on_interpreter = pytest.mark.skipif(CUDA or not INTERPRET, reason="runs on CPU under TRITON_INTERPRET=1 "
-                                    "(in the child process test_interpreter_suite starts)")
+INTERPRET, on_interpreter = triton_interpreter_marks(CUDA)  # conftest: why a child process
 DEVICE = "cuda" if CUDA else "cpu"
 NAMES = ("x", "dt", "A", "B", "C", "D", "initial_state")
 
@@ -151,14 +144,7 @@ def test_interpreter_y_only_and_no_final_state():
 
 @pytest.mark.skipif(CUDA or INTERPRET, reason="the parent of the interpreter run, CPU only")
 def test_interpreter_suite():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", __file__]
-    # from the repository root, where setup.cfg's pytest settings apply (the root is the package itself:
-    # nothing there shadows the installed bmojo)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    print(proc.stdout[-6000:], proc.stderr[-2000:])
-    assert proc.returncode == 0, proc.stdout[-6000:]
+    run_under_interpreter(__file__)
 
 
 @pytest.mark.skipif(not (CUDA or INTERPRET), reason="needs CUDA or the interpreter")
