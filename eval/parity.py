@@ -95,6 +95,8 @@ ROWS = {
     "mamba2-from-hf": ("converted", "mamba2", {}),
     "bmojo": ("bmojo", "bmojo", {}),
     "bmojo-f": ("bmojo", "bmojo", dict(eidetic_capacity=0)),
+    # Jamba-style: Mamba-2 layers with one full-attention layer in four (with 2 layers: Mamba-2, attention)
+    "hybrid": ("bmojo", "hybrid", {}),
     # the B'MOJO presets tie the embeddings; untied, as the attention presets are since 2026-12-03
     "bmojo-untied": ("bmojo", "bmojo", dict(tie_word_embeddings=False)),
     "bmojo-f-untied": ("bmojo", "bmojo", dict(eidetic_capacity=0, tie_word_embeddings=False)),
@@ -104,6 +106,14 @@ ROWS = {
     "bmojo-f-untied-arange": ("bmojo", "bmojo", dict(eidetic_capacity=0, tie_word_embeddings=False,
                                                      ssm_a_init="arange")),
 }
+# Rows named "bmojo-me<M>" are B'MOJO with its store M_e set to M after any budget split (the eidetic
+# ablation of issue 13): `row_definition` makes them, so any capacity can be asked for by name.
+ABLATION_PREFIX = "bmojo-me"
+# How a row's decoding state follows `ParitySetting.state_budget` (`mqar.budget_overrides`' split of that
+# family); rows not listed keep the setting's sizes. A full-attention row's state is the whole sequence.
+BUDGET_SPLIT = {"bmojo": "bmojo", "bmojo-untied": "bmojo", "bmojo-f": "bmojo-f",
+                "bmojo-f-untied": "bmojo-f", "mamba2": "mamba2", "hf-mamba2": "mamba2",
+                "sliding_attention": "swa-transformer", "hf-mistral": "swa-transformer", "hybrid": "hybrid"}
 # The SSD chunk length of HF Mamba2's torch path. It changes no value, only the cost: HF's default 256
 # pads our 64-token sequences to 256 and its (b, c, l, l, h, n) intermediate made a CPU step 13x slower.
 HF_MAMBA2_CHUNK = 64
@@ -135,14 +145,35 @@ class ParitySetting:
     weight_decay: float = 0.1
     schedule: str = "onecycle"  # mqar.TrainArgs.schedule: the issue's one-cycle
     layout: str = "zoology"  # mqar.MQARTask.layout: Zoology's (answers hidden, power-law query slots)
+    # Decoding-state floats per layer of the rows in BUDGET_SPLIT, split as `mqar.budget_overrides` does (issue
+    # 13's state-size sweep); 0 keeps the sizes above (issue 12's setting).
+    state_budget: int = 0
+
+
+def row_definition(row):
+    """(source, family, overrides) of a row name: an entry of ROWS, or "bmojo-me<M>" (B'MOJO, store M_e = M);
+    a ValueError naming the allowed rows otherwise."""
+    if row in ROWS:
+        return ROWS[row]
+    digits = row[len(ABLATION_PREFIX):] if row.startswith(ABLATION_PREFIX) else ""
+    if digits.isdigit() and str(int(digits)) == digits:
+        return "bmojo", "bmojo", dict(eidetic_capacity=int(digits))
+    raise ValueError(f"rows must be a non-empty list among {tuple(ROWS)} or {ABLATION_PREFIX}<M> (B'MOJO with "
+                     f"store M_e = M >= 0), got unknown {row!r}")
+
+
+def budget_split(row):
+    """The `mqar.budget_overrides` family whose split sizes `row` under a state budget, or None."""
+    return "bmojo" if row.startswith(ABLATION_PREFIX) else BUDGET_SPLIT.get(row)
 
 
 def check_rows(names):
     """The row names as a tuple; a ValueError naming the allowed rows for any unknown one."""
     names = tuple(names)
-    bad = [n for n in names if n not in ROWS]
-    if bad or not names:
-        raise ValueError(f"rows must be a non-empty list among {tuple(ROWS)}, got unknown {bad or names!r}")
+    if not names:
+        raise ValueError(f"rows must be a non-empty list among {tuple(ROWS)}, got {names!r}")
+    for name in names:
+        row_definition(name)
     return names
 
 
@@ -154,8 +185,21 @@ def check_seeds(seeds):
     return seeds
 
 
-def our_config(family, setting, overrides=None):
-    """BMojoConfig of one of our families at the setting's size, with `overrides` applied last."""
+def our_config(family, setting, overrides=None, split=None):
+    """BMojoConfig of one of our families at the setting's size, resized to `setting.state_budget` by the
+    `split` family's budget split (when both are set), with `overrides` applied last."""
+    import bmojo
+
+    base = _our_sized_config(family, setting, overrides)
+    if not (setting.state_budget and split):
+        return base
+    budget = mqar.budget_overrides(split, setting.state_budget, base)
+    if "window_size" in budget:  # the setting's candidates per chunk (w // 2) follow the new chunk length
+        budget.setdefault("eidetic_tokens_per_chunk", max(1, budget["window_size"] // 2))
+    return _our_sized_config(family, setting, {**budget, **(overrides or {})})
+
+
+def _our_sized_config(family, setting, overrides):
     import bmojo
 
     s = setting
@@ -170,8 +214,15 @@ def our_config(family, setting, overrides=None):
 
 
 def hf_config(model, setting):
-    """The transformers config of an HF reference row, sized like our families, HF defaults otherwise."""
+    """The transformers config of an HF reference row, sized like our families, HF defaults otherwise; under a
+    state budget, HF Mamba2's state size and HF Mistral's window are what our family of that split gets."""
     s = setting
+    if s.state_budget and model in ("mamba2", "mistral"):
+        resized = _our_sized_config("mamba2" if model == "mamba2" else "swa-transformer", s, None)
+        sizes = mqar.budget_overrides("mamba2" if model == "mamba2" else "swa-transformer", s.state_budget,
+                                      resized)
+        s = replace(s, state_budget=0, ssm_state_size=sizes.get("ssm_state_size", s.ssm_state_size),
+                    window_size=sizes.get("window_size", s.window_size))
     if model in ("llama", "mistral"):
         from transformers import LlamaConfig, MistralConfig
 
@@ -198,7 +249,7 @@ def hf_config(model, setting):
 
 def build_model(row, setting):
     """(model, config summary) of one row, on CPU in float32; seed the RNG before calling."""
-    source, family, overrides = ROWS[row]
+    source, family, overrides = row_definition(row)
     if source == "hf":
         return _hf_model(family, setting)
     if source == "converted":  # HF's model and initial weights, moved into our family
@@ -207,7 +258,7 @@ def build_model(row, setting):
         hf_model, _ = _hf_model(family, setting)
         model = from_hf(hf_model)
         return model, {**_our_summary(model.config), "converted_from": type(hf_model).__name__}
-    config = our_config(family, setting, overrides)
+    config = our_config(family, setting, overrides, budget_split(row))
     import bmojo
 
     return bmojo.BMojoForCausalLM(config), _our_summary(config)
@@ -226,7 +277,7 @@ _HF_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "ma
 
 def _hf_summary(config):
     keep = ("tie_word_embeddings", "initializer_range", "rms_norm_eps", "layer_norm_epsilon", "num_heads",
-            "num_key_value_heads", "residual_in_fp32", "intermediate_size", "sliding_window")
+            "num_key_value_heads", "residual_in_fp32", "intermediate_size", "sliding_window", "state_size")
     summary = {k: getattr(config, k) for k in keep if hasattr(config, k)}
     return {"class": _HF_CLASSES[config.model_type], **summary}
 
@@ -234,12 +285,12 @@ def _hf_summary(config):
 def row_summary(row, setting):
     """The config summary a job of `row` records (`build_model`'s), without building the model; None for a
     converted row, whose config comes from the converted model."""
-    source, family, overrides = ROWS[row]
+    source, family, overrides = row_definition(row)
     if source == "hf":
         return _hf_summary(hf_config(family, setting))
     if source == "converted":
         return None
-    return _our_summary(our_config(family, setting, overrides))
+    return _our_summary(our_config(family, setting, overrides, budget_split(row)))
 
 
 _OUR_SUMMARY_FIELDS = ("mixer_types", "tie_word_embeddings", "ssm_a_init", "ssm_proj_init",
@@ -249,6 +300,22 @@ _OUR_SUMMARY_FIELDS = ("mixer_types", "tie_word_embeddings", "ssm_a_init", "ssm_
 
 def _our_summary(config):
     return {"class": "BMojoForCausalLM", **{k: getattr(config, k) for k in _OUR_SUMMARY_FIELDS}}
+
+
+# Our family whose decoding state an HF reference model (or a converted one) has at the same sizes
+_HF_TWIN = {"llama": "transformer", "mistral": "swa-transformer", "mamba2": "mamba2"}
+
+
+def state_floats(row, setting):
+    """Decoding-state floats per layer of `row` at `setting` (`mqar.state_floats`; an HF row counts as our
+    family of the same function and sizes: Llama as full attention over the sequence)."""
+    source, family, overrides = row_definition(row)
+    if source == "bmojo":
+        config = our_config(family, setting, overrides, budget_split(row))
+    else:
+        twin = _HF_TWIN[family]
+        config = our_config(twin, setting, None, None if twin == "transformer" else twin)
+    return mqar.state_floats(config, setting.seq_len)
 
 
 def mqar_task(setting, seed=0):
@@ -272,7 +339,8 @@ def run_job(row, seed, setting, device="cpu"):
         torch.manual_seed(seed)  # the model's initialisation; mqar.train reseeds for the batch order
         model, summary = build_model(row, setting)
         model = model.to(device)
-        result.update(params=sum(p.numel() for p in model.parameters()), config=summary)
+        result.update(params=sum(p.numel() for p in model.parameters()), config=summary,
+                      state_floats=state_floats(row, setting))
         args = mqar.TrainArgs(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr,
                               warmup=setting.warmup, weight_decay=setting.weight_decay, seed=seed,
                               schedule=setting.schedule,
@@ -469,8 +537,10 @@ def job_devices(device, count):
 
 
 def _without_lr(setting_dict):
-    # files written before `schedule` / `layout` existed were all cosine runs on the "shown" layout
-    return {k: v for k, v in {"schedule": "cosine", "layout": "shown", **setting_dict}.items() if k != "lr"}
+    # files written before `schedule` / `layout` / `state_budget` existed were all cosine runs on the "shown"
+    # layout at issue 12's sizes
+    defaults = {"schedule": "cosine", "layout": "shown", "state_budget": 0}
+    return {k: v for k, v in {**defaults, **setting_dict}.items() if k != "lr"}
 
 
 def load_finished(path, setting):
@@ -486,9 +556,17 @@ def load_finished(path, setting):
     jobs = [dict(j, lr=j.get("lr", earlier["setting"]["lr"])) for j in earlier["jobs"] if j["error"] is None]
     # A row's name can outlive its model: a preset default that changed since (the attention presets were
     # tied until 2026-12-03) makes the earlier job another model, so it is run again, not averaged in.
-    current = {row: row_summary(row, setting) for row in {j["row"] for j in jobs} if row in ROWS}
+    current = {row: row_summary(row, setting) for row in {j["row"] for j in jobs} if _known_row(row)}
     return {(j["row"], j["lr"], j["seed"]): j for j in jobs
             if j["row"] in current and _same_config(j.get("config"), current[j["row"]])}
+
+
+def _known_row(row):
+    try:
+        row_definition(row)
+    except ValueError:
+        return False
+    return True
 
 
 def _same_config(recorded, current):
@@ -523,7 +601,7 @@ def run_parity(rows=tuple(ROWS), seeds=(0, 1, 2), setting=None, device="cpu", wo
     meta = dict(command=command or "run_parity(...)", date=date,
                 environment=_environment(device), setting=asdict(setting), lrs=list(lrs), rows=list(rows),
                 seeds=list(seeds), plateau_accuracy=plateau_accuracy(setting), workers=workers,
-                resumed_from=resume, row_definitions={r: list(ROWS[r]) for r in rows})
+                resumed_from=resume, row_definitions={r: list(row_definition(r)) for r in rows})
     finished = load_finished(resume, setting) if resume else {}
     order = [(row, lr, seed) for seed in seeds for lr in lrs for row in rows]
     results = [finished[key] for key in order if key in finished]
@@ -599,14 +677,13 @@ def _floats(text):
     return tuple(float(x) for x in text.split(",") if x)
 
 
-def build_parser():
-    defaults = ParitySetting()
-    p = argparse.ArgumentParser(
-        prog="python -m bmojo.eval.parity",
-        description="MQAR parity (issue 12): our model families and the HF models they reimplement, on one "
-                    "setting over several seeds; writes parity.json and parity.md.")
-    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated, among: " + ",".join(ROWS))
-    p.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="comma-separated (default 0,1,2)")
+def add_setting_arguments(p, defaults):
+    """The options of a `ParitySetting` (the task, the state budget, the training), shared with eval.zoology."""
+    p.add_argument("--seq-len", type=int, default=defaults.seq_len, help="MQAR sequence length")
+    p.add_argument("--pairs", type=int, default=defaults.num_pairs, help="key-value pairs per sequence")
+    p.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
+    p.add_argument("--state-budget", type=int, default=defaults.state_budget,
+                   help="decoding-state floats per layer for the rows of parity.BUDGET_SPLIT (0: issue 12's sizes)")
     p.add_argument("--steps", type=int, default=defaults.steps)
     lr = p.add_mutually_exclusive_group()
     lr.add_argument("--lr", type=float, default=defaults.lr,
@@ -624,6 +701,31 @@ def build_parser():
                    help="AdamW weight decay of matrices, embeddings and head included")
     p.add_argument("--num-train", type=int, default=defaults.num_train, help="training sequences per seed")
     p.add_argument("--num-test", type=int, default=defaults.num_test, help="test sequences per seed")
+
+
+def setting_from_args(ns, lr):
+    """The ParitySetting of parsed `add_setting_arguments` options; a ValueError for a bad value, before any job."""
+    setting = replace(ParitySetting(), steps=ns.steps, lr=lr, batch_size=ns.batch_size, num_train=ns.num_train,
+                      num_test=ns.num_test, schedule=ns.schedule, warmup=ns.warmup,
+                      weight_decay=ns.weight_decay, layout=ns.layout, seq_len=ns.seq_len, num_pairs=ns.pairs,
+                      vocab_size=ns.vocab_size, state_budget=ns.state_budget)
+    mqar.TrainArgs(steps=setting.steps, lr=setting.lr, batch_size=setting.batch_size, schedule=setting.schedule,
+                   warmup=setting.warmup, weight_decay=setting.weight_decay)
+    mqar_task(setting)
+    if isinstance(setting.state_budget, bool) or setting.state_budget < 0:
+        raise ValueError(f"state_budget must be an integer >= 0 (0: issue 12's sizes), got {setting.state_budget!r}")
+    return setting
+
+
+def build_parser():
+    defaults = ParitySetting()
+    p = argparse.ArgumentParser(
+        prog="python -m bmojo.eval.parity",
+        description="MQAR parity (issue 12): our model families and the HF models they reimplement, on one "
+                    "setting over several seeds; writes parity.json and parity.md.")
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated, among: " + ",".join(ROWS))
+    p.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="comma-separated (default 0,1,2)")
+    add_setting_arguments(p, defaults)
     p.add_argument("--device", default="cpu",
                    help="torch device (cuda: bf16 autocast, jobs spread over all GPUs; cpu: float32)")
     p.add_argument("--workers", type=int, default=1, help="jobs at once, one process of one thread each")
@@ -641,13 +743,7 @@ def main(argv=None):
     try:
         rows = check_rows(r for r in ns.rows.split(",") if r)
         lrs = check_lrs(ns.lrs if ns.lrs is not None else (ns.lr,))
-        setting = replace(ParitySetting(), steps=ns.steps, lr=lrs[0], batch_size=ns.batch_size,
-                          num_train=ns.num_train, num_test=ns.num_test, schedule=ns.schedule,
-                          warmup=ns.warmup, weight_decay=ns.weight_decay, layout=ns.layout)
-        # bad --steps / --batch-size / --warmup / --weight-decay fail here, before any job
-        mqar.TrainArgs(steps=setting.steps, lr=setting.lr, batch_size=setting.batch_size,
-                       schedule=setting.schedule, warmup=setting.warmup, weight_decay=setting.weight_decay)
-        mqar_task(setting)
+        setting = setting_from_args(ns, lrs[0])  # bad --steps / --seq-len / ... fail here, before any job
         command = "python -m bmojo.eval.parity " + shlex.join(argv)
         summary = run_parity(rows, ns.seeds, setting, ns.device, ns.workers, ns.out, command, ns.time_limit,
                              resume=ns.resume, lrs=lrs)
