@@ -145,8 +145,8 @@ class ParitySetting:
     weight_decay: float = 0.1
     schedule: str = "onecycle"  # mqar.TrainArgs.schedule: the issue's one-cycle
     layout: str = "zoology"  # mqar.MQARTask.layout: Zoology's (answers hidden, power-law query slots)
-    # Decoding-state floats per layer of the rows in BUDGET_SPLIT, split as `mqar.budget_overrides` does (issue
-    # 13's state-size sweep); 0 keeps the sizes above (issue 12's setting).
+    # Decoding-state floats per layer of the rows in BUDGET_SPLIT, split as `mqar.budget_overrides` does
+    # (issue 13's state-size sweep); 0 keeps the sizes above (issue 12's setting).
     state_budget: int = 0
 
 
@@ -158,8 +158,8 @@ def row_definition(row):
     digits = row[len(ABLATION_PREFIX):] if row.startswith(ABLATION_PREFIX) else ""
     if digits.isdigit() and str(int(digits)) == digits:
         return "bmojo", "bmojo", dict(eidetic_capacity=int(digits))
-    raise ValueError(f"rows must be a non-empty list among {tuple(ROWS)} or {ABLATION_PREFIX}<M> (B'MOJO with "
-                     f"store M_e = M >= 0), got unknown {row!r}")
+    raise ValueError(f"rows must be a non-empty list among {tuple(ROWS)} or {ABLATION_PREFIX}<M> (B'MOJO "
+                     f"with store M_e = M >= 0), got unknown {row!r}")
 
 
 def budget_split(row):
@@ -188,8 +188,6 @@ def check_seeds(seeds):
 def our_config(family, setting, overrides=None, split=None):
     """BMojoConfig of one of our families at the setting's size, resized to `setting.state_budget` by the
     `split` family's budget split (when both are set), with `overrides` applied last."""
-    import bmojo
-
     base = _our_sized_config(family, setting, overrides)
     if not (setting.state_budget and split):
         return base
@@ -678,12 +676,13 @@ def _floats(text):
 
 
 def add_setting_arguments(p, defaults):
-    """The options of a `ParitySetting` (the task, the state budget, the training), shared with eval.zoology."""
+    """The options of a `ParitySetting` (task, state budget, training), shared with eval.zoology."""
     p.add_argument("--seq-len", type=int, default=defaults.seq_len, help="MQAR sequence length")
     p.add_argument("--pairs", type=int, default=defaults.num_pairs, help="key-value pairs per sequence")
     p.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
     p.add_argument("--state-budget", type=int, default=defaults.state_budget,
-                   help="decoding-state floats per layer for the rows of parity.BUDGET_SPLIT (0: issue 12's sizes)")
+                   help="decoding-state floats per layer for the rows of parity.BUDGET_SPLIT "
+                        "(0: issue 12's sizes)")
     p.add_argument("--steps", type=int, default=defaults.steps)
     lr = p.add_mutually_exclusive_group()
     lr.add_argument("--lr", type=float, default=defaults.lr,
@@ -704,16 +703,18 @@ def add_setting_arguments(p, defaults):
 
 
 def setting_from_args(ns, lr):
-    """The ParitySetting of parsed `add_setting_arguments` options; a ValueError for a bad value, before any job."""
-    setting = replace(ParitySetting(), steps=ns.steps, lr=lr, batch_size=ns.batch_size, num_train=ns.num_train,
-                      num_test=ns.num_test, schedule=ns.schedule, warmup=ns.warmup,
+    """The ParitySetting of parsed `add_setting_arguments` options; a ValueError for a bad value, before
+    any job."""
+    setting = replace(ParitySetting(), steps=ns.steps, lr=lr, batch_size=ns.batch_size,
+                      num_train=ns.num_train, num_test=ns.num_test, schedule=ns.schedule, warmup=ns.warmup,
                       weight_decay=ns.weight_decay, layout=ns.layout, seq_len=ns.seq_len, num_pairs=ns.pairs,
                       vocab_size=ns.vocab_size, state_budget=ns.state_budget)
-    mqar.TrainArgs(steps=setting.steps, lr=setting.lr, batch_size=setting.batch_size, schedule=setting.schedule,
-                   warmup=setting.warmup, weight_decay=setting.weight_decay)
+    mqar.TrainArgs(steps=setting.steps, lr=setting.lr, batch_size=setting.batch_size,
+                   schedule=setting.schedule, warmup=setting.warmup, weight_decay=setting.weight_decay)
     mqar_task(setting)
     if isinstance(setting.state_budget, bool) or setting.state_budget < 0:
-        raise ValueError(f"state_budget must be an integer >= 0 (0: issue 12's sizes), got {setting.state_budget!r}")
+        raise ValueError(f"state_budget must be an integer >= 0 (0: issue 12's sizes), "
+                         f"got {setting.state_budget!r}")
     return setting
 
 

@@ -16,7 +16,8 @@ has finished, and a run cut short by `--time-limit` can be continued with `--res
 same setting are kept).
 
     python -m bmojo.eval.zoology --device cuda --workers 12 --budgets 2048,4096 \\
-        --rows bmojo,bmojo-f,mamba2,sliding_attention,hybrid,hf-mamba2 --unbudgeted-rows full_attention,hf-llama \\
+        --rows bmojo,bmojo-f,mamba2,sliding_attention,hybrid,hf-mamba2 \\
+        --unbudgeted-rows full_attention,hf-llama \\
         --lrs 3e-4,1e-3,3e-3,1e-2 --seeds 0,1,2 --ablation bmojo-me0 --out zoology_results
 
 writes `results.json` (every job, the setting, command, device, date), `results.md` (per group: state floats,
@@ -54,7 +55,8 @@ def plan_groups(rows, budgets, unbudgeted_rows=(), ablation=()):
     """The groups of a run, checked: rows of `rows` and `ablation` at every budget, `unbudgeted_rows` once."""
     budgets = tuple(budgets)
     if not budgets or any(isinstance(b, bool) or not isinstance(b, int) or b <= 0 for b in budgets):
-        raise ValueError(f"budgets must be integers > 0 (floats of decoding state per layer), got {budgets!r}")
+        raise ValueError(f"budgets must be integers > 0 (floats of decoding state per layer), "
+                         f"got {budgets!r}")
     parity.check_rows(tuple(rows) + tuple(unbudgeted_rows) + tuple(ablation))
     for row in tuple(rows) + tuple(ablation):
         if parity.budget_split(row) is None:
@@ -114,7 +116,8 @@ class Protocol:
         table = []
         for group in self.groups.values():
             best = self.best_lr(group)
-            runs = [self.done[(group.name, best, s)] for s in self.seeds if (group.name, best, s) in self.done]
+            keys = [(group.name, best, s) for s in self.seeds]
+            runs = [self.done[k] for k in keys if k in self.done]
             acc = [r["accuracy"] for r in runs if r["accuracy"] is not None]
             any_job = next((r for k, r in self.done.items() if k[0] == group.name), {})
             sweep_rows = {format(lr, "g"): self.done.get((group.name, lr, self.seeds[0])) for lr in self.lrs}
@@ -122,7 +125,7 @@ class Protocol:
                 group=group.name, row=group.row, budget=group.budget, follows=group.follows,
                 state_floats=any_job.get("state_floats"), params=any_job.get("params"), best_lr=best,
                 per_seed={r["seed"]: r["accuracy"] for r in runs}, seeds_done=len(acc),
-                mean=sum(acc) / len(acc) if acc else None, min=min(acc, default=None), max=max(acc, default=None),
+                mean=_mean(acc), min=min(acc, default=None), max=max(acc, default=None),
                 final_loss_mean=_mean([r["final_loss"] for r in runs]),
                 sweep={lr: (None if r is None else dict(accuracy=r["accuracy"], final_loss=r["final_loss"]))
                        for lr, r in sweep_rows.items()} if not group.follows else None,
@@ -164,7 +167,8 @@ def run_zoology(groups, lrs, seeds, setting, device="cpu", workers=1, out_dir="z
             f"acc {result['accuracy']:.3f} loss {result['final_loss']:.3f}")
         # jobs are alike in cost, but later phases are not known yet: the ETA covers the jobs queued now
         log(f"[{done:>3} done, {left:>3} queued] {group.name:>24} lr {lr:<6g} seed {seed}: {what} "
-            f"({result.get('seconds', 0):.0f} s) | elapsed {elapsed:.0f} s, ETA {elapsed / done * left:.0f} s")
+            f"({result.get('seconds', 0):.0f} s) | elapsed {elapsed:.0f} s, "
+            f"ETA {elapsed / done * left:.0f} s")
         write_results(out_dir, protocol, meta)
 
     job = run_job or parity.run_job
@@ -212,8 +216,9 @@ def _run_pool(protocol, job, setting, device, workers, deadline, record):
                 try:
                     result = future.result()
                 except Exception as err:  # the worker process died (e.g. killed for memory)
-                    result = dict(row=group.row, seed=seed, lr=lr, accuracy=None, final_loss=None, params=None,
-                                  error=f"worker failed: {type(err).__name__}: {err}", seconds=0.0)
+                    result = dict(row=group.row, seed=seed, lr=lr, accuracy=None, final_loss=None,
+                                  params=None, seconds=0.0,
+                                  error=f"worker failed: {type(err).__name__}: {err}")
                 record(group, lr, seed, result)
 
 
@@ -227,8 +232,8 @@ def load_finished(path, setting, groups):
     mine = {k: v for k, v in asdict(setting).items() if k not in ignore}
     theirs = {k: v for k, v in (earlier.get("setting") or {}).items() if k not in ignore}
     if mine != theirs:
-        raise ValueError(f"resume file {path} has setting {earlier.get('setting')}, this run {asdict(setting)}: "
-                         "only a run of the same setting can be resumed")
+        raise ValueError(f"resume file {path} has setting {earlier.get('setting')}, this run "
+                         f"{asdict(setting)}: only a run of the same setting can be resumed")
     kept = {}
     for j in earlier["jobs"]:
         group = groups.get(j["group"])
@@ -256,17 +261,19 @@ def markdown(summary, meta):
              f"`{meta['command']}`", "",
              f"Device: {env['device']}; {env['precision']}; torch {env['torch']}, transformers "
              f"{env['transformers']}.",
-             f"Task: {s['num_pairs']} key-value pairs in {s['seq_len']} tokens, vocabulary {s['vocab_size']}, "
-             f"{parity._layout_text(s)}; {s['num_train']} train / {s['num_test']} unseen test sequences per seed.",
-             f"Models: {s['num_layers']} layers, width {s['hidden_size']}, {s['num_heads']} heads of {s['head_dim']}, "
-             f"SSM heads of {s['ssm_head_dim']} (expand {s['ssm_expand']}); each row sized to its group's budget "
-             "by `mqar.budget_overrides`.",
+             f"Task: {s['num_pairs']} key-value pairs in {s['seq_len']} tokens, vocabulary "
+             f"{s['vocab_size']}, {parity._layout_text(s)}; {s['num_train']} train / {s['num_test']} unseen "
+             "test sequences per seed.",
+             f"Models: {s['num_layers']} layers, width {s['hidden_size']}, {s['num_heads']} heads of "
+             f"{s['head_dim']}, SSM heads of {s['ssm_head_dim']} (expand {s['ssm_expand']}); each row sized "
+             "to its group's budget by `mqar.budget_overrides`.",
              f"Training: AdamW, {parity._schedule_text(s)}, weight decay {s['weight_decay']:g}, batch "
              f"{s['batch_size']}, {s['steps']} steps. Learning rates swept at seed {meta['seeds'][0]}: "
              f"{', '.join(format(lr, 'g') for lr in lrs)}; seeds {meta['seeds']} at the best.",
              f"Plateau (answers one of the listed values without the association): "
              f"{meta['plateau_accuracy']:.3f}.", "",
-             "| group | state floats/layer | params | best lr | mean | min | max | per seed | final loss | errors |",
+             "| group | state floats/layer | params | best lr | mean | min | max | per seed | final loss "
+             "| errors |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         lr = _fmt(r["best_lr"], "g") + (f" (of {r['follows']})" if r["follows"] else "")
@@ -323,7 +330,8 @@ def write_results(out_dir, protocol, meta):
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(markdown(summary, meta))
     s = meta["setting"]
-    plot(summary, os.path.join(out_dir, "zoology.png"), f"MQAR, {s['num_pairs']} pairs in {s['seq_len']} tokens")
+    title = f"MQAR, {s['num_pairs']} pairs in {s['seq_len']} tokens"
+    plot(summary, os.path.join(out_dir, "zoology.png"), title)
     return summary
 
 
@@ -339,9 +347,11 @@ def _names(text):
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m bmojo.eval.zoology",
-        description="MQAR accuracy against decoding-state size by Zoology's protocol (learning-rate sweep, then "
-                    "seeds at the best), rows x state budgets; writes results.json, results.md, zoology.png.")
-    p.add_argument("--rows", type=_names, default=("bmojo", "bmojo-f", "mamba2", "sliding_attention", "hybrid"),
+        description="MQAR accuracy against decoding-state size by Zoology's protocol (learning-rate "
+                    "sweep, then seeds at the best), rows x state budgets; writes results.json, results.md, "
+                    "zoology.png.")
+    p.add_argument("--rows", type=_names,
+                   default=("bmojo", "bmojo-f", "mamba2", "sliding_attention", "hybrid"),
                    help="rows sized to every budget (parity.BUDGET_SPLIT; comma-separated)")
     p.add_argument("--budgets", type=parity._ints, default=(2048, 4096),
                    help="decoding-state floats per layer (comma-separated)")
@@ -357,7 +367,8 @@ def build_parser():
                    help="seconds after which no job starts (running ones finish; continue with --resume)")
     p.add_argument("--resume", default=None, metavar="RESULTS_JSON")
     p.add_argument("--out", default="zoology_results")
-    p.add_argument("--replot", metavar="RESULTS_JSON", help="alone: rewrite results.md and zoology.png of a run")
+    p.add_argument("--replot", metavar="RESULTS_JSON",
+                   help="alone: rewrite results.md and zoology.png of a run")
     return p
 
 

@@ -1,6 +1,6 @@
-"""bmojo.eval.zoology: MQAR against decoding-state size by Zoology's protocol (issue 13), and the parity runner's
-state budgets it builds on. The protocol tests replace the training job by a function of (row, lr, seed), so
-they check which jobs run and what is reported; one test trains real tiny models for two steps."""
+"""bmojo.eval.zoology: MQAR against decoding-state size by Zoology's protocol (issue 13), and the parity
+runner's state budgets it builds on. The protocol tests replace the training job by a function of (row, lr,
+seed), so they check which jobs run and what is reported; one test trains real tiny models for two steps."""
 
 import importlib.util
 import json
@@ -29,15 +29,16 @@ def fake_job(calls):
 def run(tmp_path, calls, **kw):
     groups = zoology.plan_groups(("bmojo", "mamba2"), (1024, 2048), ("hf-llama",), ("bmojo-me0",))
     setting = parity.ParitySetting(steps=2, num_train=64, num_test=16)
-    return zoology.run_zoology(groups, LRS, (0, 1, 2), setting, out_dir=str(tmp_path), run_job=fake_job(calls),
-                               log=lambda *_: None, **kw)
+    return zoology.run_zoology(groups, LRS, (0, 1, 2), setting, out_dir=str(tmp_path),
+                               run_job=fake_job(calls), log=lambda *_: None, **kw)
 
 
 def test_each_group_sweeps_at_the_first_seed_then_runs_the_others_at_its_best_lr(tmp_path):
     calls = []
     summary = {r["group"]: r for r in run(tmp_path, calls)}
     assert len(calls) == len(set(calls))  # no job twice
-    for row, budget in [("bmojo", 1024), ("bmojo", 2048), ("mamba2", 1024), ("mamba2", 2048), ("hf-llama", 0)]:
+    for row, budget in [("bmojo", 1024), ("bmojo", 2048), ("mamba2", 1024), ("mamba2", 2048),
+                        ("hf-llama", 0)]:
         mine = [c for c in calls if c[:2] == (row, budget)]
         assert sorted(c[2] for c in mine if c[3] == 0) == sorted(LRS)  # the sweep, at seed 0
         assert {c[2] for c in mine if c[3] != 0} == {BEST[row]}  # seeds 1, 2 only at the best
@@ -48,7 +49,8 @@ def test_each_group_sweeps_at_the_first_seed_then_runs_the_others_at_its_best_lr
         assert (group["min"], group["max"]) == pytest.approx((expected[2], expected[0]))
     # the ablation sweeps nothing: every seed at B'MOJO's best lr of its budget
     ablation = [c for c in calls if c[0] == "bmojo-me0"]
-    assert sorted(ablation) == sorted(("bmojo-me0", b, BEST["bmojo"], s) for b in (1024, 2048) for s in (0, 1, 2))
+    expected = [("bmojo-me0", b, BEST["bmojo"], s) for b in (1024, 2048) for s in (0, 1, 2)]
+    assert sorted(ablation) == sorted(expected)
     assert summary["bmojo-me0@2048"]["follows"] == "bmojo" and summary["bmojo-me0@2048"]["sweep"] is None
 
     out = json.loads((tmp_path / "results.json").read_text())
@@ -100,7 +102,8 @@ def test_state_budget_sizes_every_row_and_hf_rows_match_ours():
     setting = replace(parity.ParitySetting(), state_budget=4096)
     bmojo = parity.our_config("bmojo", setting, None, "bmojo")
     # a quarter each: N = 1024 / (4 heads * 32), w = n_f = M_e = 1024 / (2 * 2 heads * 32) tokens
-    assert (bmojo.ssm_state_size, bmojo.window_size, bmojo.fading_tokens, bmojo.eidetic_capacity) == (8, 8, 8, 8)
+    sizes = (bmojo.ssm_state_size, bmojo.window_size, bmojo.fading_tokens, bmojo.eidetic_capacity)
+    assert sizes == (8, 8, 8, 8)
     assert bmojo.eidetic_tokens_per_chunk == 4
     for ours, hf in [("mamba2", "hf-mamba2"), ("sliding_attention", "hf-mistral")]:
         assert parity.state_floats(ours, setting) == parity.state_floats(hf, setting) == 4096
@@ -115,13 +118,15 @@ def test_state_budget_sizes_every_row_and_hf_rows_match_ours():
 
 
 def test_command_line_trains_real_models_and_replots(tmp_path, capsys):
-    argv = ["--rows", "bmojo", "--budgets", "1024", "--unbudgeted-rows", "hf-llama", "--lrs", "1e-3,3e-3,1e-2,3e-2",
-            "--seeds", "0,1", "--steps", "2", "--num-train", "64", "--num-test", "16", "--out", str(tmp_path)]
+    argv = ["--rows", "bmojo", "--budgets", "1024", "--unbudgeted-rows", "hf-llama",
+            "--lrs", "1e-3,3e-3,1e-2,3e-2", "--seeds", "0,1", "--steps", "2", "--num-train", "64",
+            "--num-test", "16", "--out", str(tmp_path)]
     assert zoology.main(argv) == 0
     out = json.loads((tmp_path / "results.json").read_text())
     assert out["command"] == "python -m bmojo.eval.zoology " + " ".join(argv)
     assert len(out["jobs"]) == 2 * (4 + 1) and not any(j["error"] for j in out["jobs"])
-    assert {r["group"]: r["state_floats"] for r in out["summary"]} == {"hf-llama": 8192.0, "bmojo@1024": 1024.0}
+    states = {r["group"]: r["state_floats"] for r in out["summary"]}
+    assert states == {"hf-llama": 8192.0, "bmojo@1024": 1024.0}
     (tmp_path / "results.md").unlink()
     assert zoology.main(["--replot", str(tmp_path / "results.json")]) == 0
     assert "| bmojo@1024 | 1024 |" in (tmp_path / "results.md").read_text()
