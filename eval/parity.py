@@ -211,16 +211,17 @@ def _our_sized_config(family, setting, overrides):
     return bmojo.preset_config(name, **{**sized, **(overrides or {})})
 
 
+# Our family whose decoding state an HF reference model (or a converted one) has at the same sizes
+_HF_TWIN = {"llama": "transformer", "mistral": "swa-transformer", "mamba2": "mamba2"}
+
+
 def hf_config(model, setting):
     """The transformers config of an HF reference row, sized like our families, HF defaults otherwise; under a
     state budget, HF Mamba2's state size and HF Mistral's window are what our family of that split gets."""
     s = setting
-    if s.state_budget and model in ("mamba2", "mistral"):
-        resized = _our_sized_config("mamba2" if model == "mamba2" else "swa-transformer", s, None)
-        sizes = mqar.budget_overrides("mamba2" if model == "mamba2" else "swa-transformer", s.state_budget,
-                                      resized)
-        s = replace(s, state_budget=0, ssm_state_size=sizes.get("ssm_state_size", s.ssm_state_size),
-                    window_size=sizes.get("window_size", s.window_size))
+    if s.state_budget and model in _HF_TWIN:  # the sizes our family of the same function gets
+        twin = our_config(_HF_TWIN[model], s, None, _HF_TWIN[model])
+        s = replace(s, state_budget=0, ssm_state_size=twin.ssm_state_size, window_size=twin.window_size)
     if model in ("llama", "mistral"):
         from transformers import LlamaConfig, MistralConfig
 
@@ -300,10 +301,6 @@ def _our_summary(config):
     return {"class": "BMojoForCausalLM", **{k: getattr(config, k) for k in _OUR_SUMMARY_FIELDS}}
 
 
-# Our family whose decoding state an HF reference model (or a converted one) has at the same sizes
-_HF_TWIN = {"llama": "transformer", "mistral": "swa-transformer", "mamba2": "mamba2"}
-
-
 def state_floats(row, setting):
     """Decoding-state floats per layer of `row` at `setting` (`mqar.state_floats`; an HF row counts as our
     family of the same function and sizes: Llama as full attention over the sequence)."""
@@ -311,8 +308,7 @@ def state_floats(row, setting):
     if source == "bmojo":
         config = our_config(family, setting, overrides, budget_split(row))
     else:
-        twin = _HF_TWIN[family]
-        config = our_config(twin, setting, None, None if twin == "transformer" else twin)
+        config = our_config(_HF_TWIN[family], setting, None, _HF_TWIN[family])
     return mqar.state_floats(config, setting.seq_len)
 
 

@@ -35,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from . import mqar, parity, sweep
+from .parity import _fmt
 
 
 @dataclass(frozen=True)
@@ -125,18 +126,13 @@ class Protocol:
                 group=group.name, row=group.row, budget=group.budget, follows=group.follows,
                 state_floats=any_job.get("state_floats"), params=any_job.get("params"), best_lr=best,
                 per_seed={r["seed"]: r["accuracy"] for r in runs}, seeds_done=len(acc),
-                mean=_mean(acc), min=min(acc, default=None), max=max(acc, default=None),
-                final_loss_mean=_mean([r["final_loss"] for r in runs]),
+                mean=parity._mean(acc), min=min(acc, default=None), max=max(acc, default=None),
+                final_loss_mean=parity._mean([r["final_loss"] for r in runs if r["final_loss"] is not None]),
                 sweep={lr: (None if r is None else dict(accuracy=r["accuracy"], final_loss=r["final_loss"]))
                        for lr, r in sweep_rows.items()} if not group.follows else None,
                 errors=sorted(f"lr {k[1]:g} seed {k[2]}: {r['error'].splitlines()[0]}"
                               for k, r in self.done.items() if k[0] == group.name and r.get("error"))))
         return table
-
-
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 def run_zoology(groups, lrs, seeds, setting, device="cpu", workers=1, out_dir="zoology_results", command=None,
@@ -248,10 +244,6 @@ def load_finished(path, setting, groups):
 # ---------------------------------------------------------------------------------------------
 # Results: JSON, Markdown, plot
 # ---------------------------------------------------------------------------------------------
-
-
-def _fmt(value, spec=".3f"):
-    return "-" if value is None else format(value, spec)
 
 
 def markdown(summary, meta):
