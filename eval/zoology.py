@@ -52,14 +52,29 @@ class Group:
         return f"{self.row}@{self.budget}" if self.budget else self.row
 
 
+def _ablation_groups(ablation, budgets):
+    """`bmojo-me<M>` at every budget, or `bmojo-me<M>@<budget>` at that one budget (of `budgets`)."""
+    groups = []
+    for spec in ablation:
+        row, _, at = spec.partition("@")
+        if at and (not at.isdigit() or int(at) not in budgets):
+            raise ValueError(f"ablation {spec!r}: the budget after '@' must be one of the run's budgets "
+                             f"{list(budgets)}")
+        groups += [Group(row, b, follows="bmojo") for b in ((int(at),) if at else budgets)]
+    return groups
+
+
 def plan_groups(rows, budgets, unbudgeted_rows=(), ablation=()):
-    """The groups of a run, checked: rows of `rows` and `ablation` at every budget, `unbudgeted_rows` once."""
+    """The groups of a run, checked: rows of `rows` at every budget, `unbudgeted_rows` once, `ablation` rows
+    at every budget or, written `row@budget`, at one."""
     budgets = tuple(budgets)
     if not budgets or any(isinstance(b, bool) or not isinstance(b, int) or b <= 0 for b in budgets):
         raise ValueError(f"budgets must be integers > 0 (floats of decoding state per layer), "
                          f"got {budgets!r}")
-    parity.check_rows(tuple(rows) + tuple(unbudgeted_rows) + tuple(ablation))
-    for row in tuple(rows) + tuple(ablation):
+    ablation_groups = _ablation_groups(ablation, budgets)
+    ablation_rows = tuple(dict.fromkeys(g.row for g in ablation_groups))
+    parity.check_rows(tuple(rows) + tuple(unbudgeted_rows) + ablation_rows)
+    for row in tuple(rows) + ablation_rows:
         if parity.budget_split(row) is None:
             raise ValueError(f"row {row!r} has no state budget split (parity.BUDGET_SPLIT); give it in "
                              "unbudgeted_rows")
@@ -67,7 +82,7 @@ def plan_groups(rows, budgets, unbudgeted_rows=(), ablation=()):
         raise ValueError("ablation rows take the best learning rate of the 'bmojo' row: add it to rows")
     groups = [Group(row, 0) for row in unbudgeted_rows]  # first: the reference rows of the run
     groups += [Group(row, b) for b in budgets for row in rows]
-    groups += [Group(row, b, follows="bmojo") for b in budgets for row in ablation]
+    groups += sorted(ablation_groups, key=lambda g: (budgets.index(g.budget), ablation_rows.index(g.row)))
     if len({g.name for g in groups}) != len(groups):
         raise ValueError(f"rows must not repeat, got {[g.name for g in groups]}")
     return groups
@@ -350,7 +365,8 @@ def build_parser():
     p.add_argument("--unbudgeted-rows", type=_names, default=("full_attention", "hf-llama"),
                    help="rows run once at the setting's sizes (full attention keeps the whole sequence)")
     p.add_argument("--ablation", type=_names, default=(),
-                   help=f"rows {parity.ABLATION_PREFIX}<M> at every budget, at the best lr of the bmojo row")
+                   help=f"rows {parity.ABLATION_PREFIX}<M> at every budget (or {parity.ABLATION_PREFIX}<M>@<budget> at "
+                        "one), at the best lr of the bmojo row")
     p.add_argument("--seeds", type=parity._ints, default=sweep.DEFAULT_SEEDS)
     parity.add_setting_arguments(p, parity.ParitySetting())
     p.add_argument("--device", default="cpu", help="torch device (cuda: bf16 autocast; cpu: float32)")

@@ -92,10 +92,20 @@ def test_a_time_limit_starts_no_job_after_it(tmp_path):
     (("bmojo", "llama"), (1024,), (), (), "unknown 'llama'"),
     (("bmojo",), (1024,), (), ("bmojo-me-1",), "unknown 'bmojo-me-1'"),
     (("bmojo", "bmojo"), (1024,), (), (), "must not repeat"),
+    (("bmojo",), (1024,), (), ("bmojo-me8@2048",), "one of the run's budgets"),
+    (("bmojo",), (1024,), (), ("bmojo-me8@x",), "one of the run's budgets"),
+    (("bmojo",), (1024,), (), ("bmojo-me8@1024", "bmojo-me8"), "must not repeat"),
 ])
 def test_plan_refuses_what_it_cannot_run(rows, budgets, unbudgeted, ablation, match):
     with pytest.raises(ValueError, match=match):
         zoology.plan_groups(rows, budgets, unbudgeted, ablation)
+
+
+def test_ablation_rows_run_at_every_budget_or_at_the_one_named():
+    groups = zoology.plan_groups(("bmojo",), (1024, 4096), (), ("bmojo-me64@4096", "bmojo-me0"))
+    assert [(g.name, g.follows) for g in groups] == [
+        ("bmojo@1024", None), ("bmojo@4096", None), ("bmojo-me0@1024", "bmojo"),
+        ("bmojo-me64@4096", "bmojo"), ("bmojo-me0@4096", "bmojo")]
 
 
 def test_state_budget_sizes_every_row_and_hf_rows_match_ours():
