@@ -113,6 +113,7 @@ ABLATION_PREFIX = "bmojo-me"
 # family); rows not listed keep the setting's sizes. A full-attention row's state is the whole sequence.
 BUDGET_SPLIT = {"bmojo": "bmojo", "bmojo-untied": "bmojo", "bmojo-f": "bmojo-f",
                 "bmojo-f-untied": "bmojo-f", "mamba2": "mamba2", "hf-mamba2": "mamba2",
+                "mamba2-untied": "mamba2", "mamba2-hf-like": "mamba2",
                 "sliding_attention": "swa-transformer", "hf-mistral": "swa-transformer", "hybrid": "hybrid"}
 # The SSD chunk length of HF Mamba2's torch path. It changes no value, only the cost: HF's default 256
 # pads our 64-token sequences to 256 and its (b, c, l, l, h, n) intermediate made a CPU step 13x slower.

@@ -115,7 +115,8 @@ def test_state_budget_sizes_every_row_and_hf_rows_match_ours():
     sizes = (bmojo.ssm_state_size, bmojo.window_size, bmojo.fading_tokens, bmojo.eidetic_capacity)
     assert sizes == (8, 8, 8, 8)
     assert bmojo.eidetic_tokens_per_chunk == 4
-    for ours, hf in [("mamba2", "hf-mamba2"), ("sliding_attention", "hf-mistral")]:
+    for ours, hf in [("mamba2", "hf-mamba2"), ("mamba2-untied", "hf-mamba2"), ("mamba2-hf-like", "hf-mamba2"),
+                     ("sliding_attention", "hf-mistral")]:
         assert parity.state_floats(ours, setting) == parity.state_floats(hf, setting) == 4096
     assert parity.hf_config("mamba2", setting).state_size == 32
     assert parity.hf_config("mistral", setting).sliding_window == 32
