@@ -365,8 +365,8 @@ def build_parser():
     p.add_argument("--unbudgeted-rows", type=_names, default=("full_attention", "hf-llama"),
                    help="rows run once at the setting's sizes (full attention keeps the whole sequence)")
     p.add_argument("--ablation", type=_names, default=(),
-                   help=f"rows {parity.ABLATION_PREFIX}<M> at every budget (or {parity.ABLATION_PREFIX}<M>@<budget> at "
-                        "one), at the best lr of the bmojo row")
+                   help=f"rows {parity.ABLATION_PREFIX}<M> at every budget (or "
+                        f"{parity.ABLATION_PREFIX}<M>@<budget> at one), at the best lr of the bmojo row")
     p.add_argument("--seeds", type=parity._ints, default=sweep.DEFAULT_SEEDS)
     parity.add_setting_arguments(p, parity.ParitySetting())
     p.add_argument("--device", default="cpu", help="torch device (cuda: bf16 autocast; cpu: float32)")
