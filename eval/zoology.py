@@ -53,15 +53,16 @@ class Group:
 
 
 def _ablation_groups(ablation, budgets):
-    """`bmojo-me<M>` at every budget, or `bmojo-me<M>@<budget>` at that one budget (of `budgets`)."""
-    groups = []
+    """`bmojo-me<M>` at every budget, or `bmojo-me<M>@<budget>` at that one budget (of `budgets`); budget by
+    budget, in the order given."""
+    specs = []  # (row, its one budget or None for all)
     for spec in ablation:
         row, _, at = spec.partition("@")
         if at and (not at.isdigit() or int(at) not in budgets):
             raise ValueError(f"ablation {spec!r}: the budget after '@' must be one of the run's budgets "
                              f"{list(budgets)}")
-        groups += [Group(row, b, follows="bmojo") for b in ((int(at),) if at else budgets)]
-    return groups
+        specs.append((row, int(at) if at else None))
+    return [Group(row, b, follows="bmojo") for b in budgets for row, at in specs if at in (None, b)]
 
 
 def plan_groups(rows, budgets, unbudgeted_rows=(), ablation=()):
@@ -82,7 +83,7 @@ def plan_groups(rows, budgets, unbudgeted_rows=(), ablation=()):
         raise ValueError("ablation rows take the best learning rate of the 'bmojo' row: add it to rows")
     groups = [Group(row, 0) for row in unbudgeted_rows]  # first: the reference rows of the run
     groups += [Group(row, b) for b in budgets for row in rows]
-    groups += sorted(ablation_groups, key=lambda g: (budgets.index(g.budget), ablation_rows.index(g.row)))
+    groups += ablation_groups
     if len({g.name for g in groups}) != len(groups):
         raise ValueError(f"rows must not repeat, got {[g.name for g in groups]}")
     return groups
