@@ -633,14 +633,17 @@ def run_parity(rows=tuple(ROWS), seeds=(0, 1, 2), setting=None, device="cpu", wo
     return summary
 
 
-def _run_pool(jobs, devices, setting, workers, deadline, record, skipped):
-    """The jobs in `workers` spawned one-thread processes (as `mqar.run_comparison`), recorded as they end."""
+def _run_pool(jobs, devices, setting, workers, deadline, record, skipped, job=None):
+    """The (row, lr, seed) jobs in `workers` spawned one-thread processes (as `mqar.run_comparison`), each
+    `job(row, seed, setting at its lr, device)` (default `run_job`; a module-level function, as spawned
+    processes import it), recorded as they end."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    job = job or run_job
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=mqar._worker_init) as pool:
-        pending = {pool.submit(run_job, row, seed, replace(setting, lr=lr), dev): (row, lr, seed)
+        pending = {pool.submit(job, row, seed, replace(setting, lr=lr), dev): (row, lr, seed)
                    for (row, lr, seed), dev in zip(jobs, devices)}
         while pending:
             timeout = None if deadline is None else max(0.0, deadline - time.time())
