@@ -78,8 +78,12 @@ class LMSetting:
     weight_decay: float = 0.1
     adam_beta2: float = 0.95
     factors: tuple = (1, 2, 4, 8, 16)
-    max_eval_tokens: int = 131_072  # per evaluated length, test and validation
+    max_eval_tokens: int = 524_288  # per evaluated length, test and validation
     eval_tokens_per_batch: int = 32_768
+    # where the evaluated tokens lie: "spread", windows evenly spaced through the split (`eval_windows`);
+    # "head", the split's first tokens, as the first run (2026-12-04) read them: one document of validation
+    # and, in the test split, 70% one Korean page
+    eval_windows: str = "spread"
     lr: float = 1e-3
 
     @property
@@ -99,6 +103,8 @@ def check_setting(setting):
                          f"(one step), got {setting.tokens}")
     if not 0 <= setting.warmup_fraction < 1:
         raise ValueError(f"warmup_fraction must be in [0, 1), got {setting.warmup_fraction}")
+    if setting.eval_windows not in ("spread", "head"):
+        raise ValueError(f"eval_windows must be 'spread' or 'head', got {setting.eval_windows!r}")
     if not setting.factors or any(isinstance(f, bool) or not isinstance(f, int) or f < 1
                                   for f in setting.factors):
         raise ValueError(f"factors must be integers >= 1, got {setting.factors!r}")
@@ -270,19 +276,30 @@ def run_job(row, seed, setting, device="cpu"):
                       loss_curve=losses, final_train_loss=sum(tail) / len(tail) if tail else None)
         model.eval()
         evaluate = functools.partial(_perplexity, model, setting, cuda)
-        result["valid"] = evaluate(valid, setting.seq_len)
-        result["test"] = [dict(factor=f, **evaluate(test, f * setting.seq_len)) for f in setting.factors
-                          if len(test) >= f * setting.seq_len]
+        result["valid"] = evaluate(eval_windows(valid, setting.seq_len, setting), setting.seq_len)
+        test = eval_windows(test, max(setting.factors) * setting.seq_len, setting)
+        result["test"] = [dict(factor=f, **evaluate(test, f * setting.seq_len)) for f in setting.factors]
     except Exception as err:  # one failing job must not end the run: its row says why
         result["error"] = f"{type(err).__name__}: {err}\n" + "".join(traceback.format_exc(limit=-3))
     result["seconds"] = round(time.time() - start, 1)
     return result
 
 
+def eval_windows(stream, span, setting):
+    """The evaluated tokens of a split: up to `max_eval_tokens // span` windows of `span` tokens, evenly spaced
+    from the split's start to its end ("spread"), or its first ones ("head"), joined. Every evaluated length
+    divides `span`, so each length reads exactly these tokens in blocks that never cross two windows."""
+    count = max(1, min(len(stream) // span, setting.max_eval_tokens // span))
+    if setting.eval_windows == "head":
+        return stream[: count * span]
+    last = len(stream) - span
+    starts = [round(i * last / (count - 1)) if count > 1 else 0 for i in range(count)]
+    return torch.cat([stream[s: s + span] for s in starts])
+
+
 def _perplexity(model, setting, bf16, stream, length):
-    blocks = max(1, setting.max_eval_tokens // length)
     batch = max(1, setting.eval_tokens_per_batch // length)
-    return lm.perplexity(model, stream, length, batch_size=batch, max_blocks=blocks, bf16=bf16)
+    return lm.perplexity(model, stream, length, batch_size=batch, bf16=bf16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,8 +330,12 @@ def summarize(jobs, rows, lrs, seed=0):
         by_lr = {lr: by_key.get((row, lr, seed)) for lr in lrs}
         best = best_lr(by_lr)
         job = by_lr.get(best) if best is not None else None
+        at_best = [j for j in jobs if j["row"] == row and j["lr"] == best and not j.get("error") and j.get("test")]
+        seed_ppl = sorted((j["seed"], j["test"][0]["ppl"]) for j in at_best)
         summary.append(dict(
             row=row, best_lr=best, complete=all(j is not None and not j.get("error") for j in by_lr.values()),
+            seeds_test_ppl_at_T=dict(seed_ppl), seeds_mean_test_ppl_at_T=(
+                sum(p for _, p in seed_ppl) / len(seed_ppl) if seed_ppl else None),
             sweep={format(lr, "g"): _valid_ppl(j) for lr, j in by_lr.items()},
             params=job["params"] if job else None, test=job["test"] if job else None,
             final_train_loss=job["final_train_loss"] if job else None,
@@ -339,7 +360,8 @@ def markdown(summary, meta):
              f"({meta['steps']} steps), warm-up {s['warmup_fraction']:.0%} then cosine, AdamW (0.9, "
              f"{s['adam_beta2']}), weight decay {s['weight_decay']}, seed {meta['seeds'][0]}.", "",
              "Each row at its best learning rate (lowest validation perplexity at T); test perplexity at each "
-             "length (up to " + f"{s['max_eval_tokens']:,} tokens per length):", "",
+             "length (up to " + f"{s['max_eval_tokens']:,} tokens per length, "
+             f"{s.get('eval_windows', 'head')}):", "",
              "| row | params (M) | best lr | final train loss | " + " | ".join(
                  f"ppl @{f * s['seq_len']}" for f in factors) + " |",
              "|---|---|---|---|" + "---|" * len(factors)]
@@ -357,6 +379,17 @@ def markdown(summary, meta):
               for r in summary]
     lines += ["", "(edge): the best learning rate is the smallest or largest swept, so the optimum may lie "
               "outside the sweep."]
+    if len(meta["seeds"]) > 1:
+        lines += ["", "Every seed at the best learning rate (validation perplexity at T; test perplexity at T and "
+                  f"at {factors[-1]}T):", "",
+                  "| row | seed | valid ppl @T | test ppl @T | test ppl @" + f"{factors[-1]}T | @{factors[-1]}T / @T |",
+                  "|---|---|---|---|---|---|"]
+        for r in summary:
+            for job in sorted(meta["jobs_at_best"].get(r["row"], []), key=lambda j: j["seed"]):
+                ppl = {t["factor"]: t["ppl"] for t in job["test"]}
+                last = ppl.get(factors[-1])
+                lines.append(f"| {r['row']} | {job['seed']} | {job['valid']['ppl']:.2f} | {ppl[1]:.2f} | "
+                             f"{_fmt(last)} | {_fmt(last and last / ppl[1], '.3f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -392,14 +425,18 @@ def write_results(out_dir, jobs, meta):
     summary = summarize(jobs, meta["rows"], meta["lrs"], meta["seeds"][0])
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(dict(meta, summary=summary, jobs=jobs), f, indent=1, default=str)
+    at_best = {r["row"]: [j for j in jobs if j["row"] == r["row"] and j["lr"] == r["best_lr"]
+                          and not j.get("error") and j.get("test")] for r in summary}
     with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(markdown(summary, meta))
+        f.write(markdown(summary, dict(meta, jobs_at_best=at_best)))
     plot(summary, jobs, meta["lrs"], out_dir, meta["setting"]["seq_len"])
     return summary
 
 
 def _comparable(setting_dict):
-    # the data folder may move between machines; what it holds is checked through the meta
+    # the data folder may move between machines (what it holds is checked through the meta); files written
+    # before `eval_windows` existed evaluated the head of each split
+    setting_dict = {"eval_windows": "head", **setting_dict}
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in setting_dict.items()
             if k not in ("lr", "data")}
 
@@ -436,11 +473,18 @@ def run_sweep(rows, lrs, setting, seeds=(0,), device="cpu", workers=1, out_dir="
                 / data_meta["tokens"]["train"])
     finished = load_finished(resume, setting, data_meta) if resume else {}
     middle = sorted(lrs, key=lambda lr: abs(math.log(lr) - sum(map(math.log, lrs)) / len(lrs)))
-    order = [(row, lr, seed) for seed in seeds for lr in middle for row in rows]
+    # Zoology's protocol: the sweep at the first seed; the other seeds at each row's best lr once it is known
+    order = [(row, lr, seeds[0]) for lr in middle for row in rows]
+    best = {row: best_lr({lr: finished.get((row, lr, seeds[0])) for lr in lrs}) for row in rows}
+    swept = {row for row in rows if all((row, lr, seeds[0]) in finished for lr in lrs)}
+    order += [(row, best[row], seed) for seed in seeds[1:] for row in rows if row in swept]
     jobs = [finished[k] for k in order if k in finished]
     todo = [k for k in order if k not in finished]
     if jobs:
         log(f"resumed {len(jobs)} finished job(s) from {resume}; {len(todo)} to run")
+    if len(seeds) > 1 and len(swept) < len(rows):
+        log(f"seeds {list(seeds[1:])} wait for the sweep of {[r for r in rows if r not in swept]}: run again "
+            "with --resume once it has finished")
     log(f"{len(todo)} job(s): {setting.steps} steps of {setting.batch_size} x {setting.seq_len} tokens each "
         f"({meta['epochs']:.2f} epochs of the training split), {workers} at once on {device}")
     start, resumed = time.time(), len(jobs)
@@ -498,7 +542,10 @@ def build_parser():
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--tokens", type=int, default=10_000_000, help="training tokens per job")
     run.add_argument("--factors", default="1,2,4,8,16", help="evaluated lengths, in multiples of --seq-len")
-    run.add_argument("--max-eval-tokens", type=int, default=131_072, help="per evaluated length")
+    run.add_argument("--max-eval-tokens", type=int, default=524_288,
+                     help="per evaluated length, in windows spread through the split")
+    run.add_argument("--eval-windows", default="spread", choices=("spread", "head"),
+                     help="evaluate windows spread evenly through each split (default) or its first tokens")
     run.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     run.add_argument("--workers", type=int, default=1, help="jobs at once, each its own process")
     run.add_argument("--time-limit", type=float, default=None,
@@ -522,7 +569,8 @@ def main(argv=None):
     try:
         device = str(lm.resolve_device(ns.device))
         setting = LMSetting(data=ns.data, size=ns.size, seq_len=ns.seq_len, batch_size=ns.batch_size,
-                            tokens=ns.tokens, factors=parity._ints(ns.factors), max_eval_tokens=ns.max_eval_tokens)
+                            tokens=ns.tokens, factors=parity._ints(ns.factors), max_eval_tokens=ns.max_eval_tokens,
+                            eval_windows=ns.eval_windows)
         command = "python -m bmojo.eval.lm_sweep " + shlex.join(sys.argv[1:] if argv is None else argv)
         run_sweep(ns.rows.split(","), parity._floats(ns.lrs), setting, parity._ints(ns.seeds), device,
                   ns.workers, ns.out, command, ns.time_limit, ns.resume)

@@ -26,6 +26,22 @@ def prefill_then_decode(model, ids, split):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_parallel_form_is_causal(kind):
+    """Changing the tokens from position t on changes no logit before t: the one-forward form (the one
+    training and perplexity use) never reads the future, for every mixer, across chunks and the store."""
+    layers = KINDS[kind]
+    model = tiny_model(num_hidden_layers=len(layers), mixer_types=layers)
+    ids = random_ids(2, 41, seed=5)
+    full = model(ids, use_cache=False).logits
+    for t in (1, 8, 17, 40):
+        other = torch.cat([ids[:, :t], random_ids(2, 41 - t, seed=t)], dim=1)
+        changed = model(other, use_cache=False).logits
+        torch.testing.assert_close(changed[:, :t], full[:, :t], atol=1e-5, rtol=0)
+        assert not torch.allclose(changed[:, t:], full[:, t:])  # the change does reach the later logits
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("length", [6, 30, 88])  # < w; several chunks; store full and evicting (M_e = 16)
 def test_bmojo_every_split_point(length):
     model = tiny_model()

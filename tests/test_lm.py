@@ -151,6 +151,24 @@ def test_build_corpus_reads_back_and_is_deterministic(tmp_path):
         corpus.build_corpus(str(html), str(tmp_path / "a"))
 
 
+def test_corpus_of_several_sources_mixes_them_and_drops_kernel_translations(tmp_path):
+    from bmojo.eval import corpus
+
+    python = _html_tree(tmp_path / "python")
+    linux = _html_tree(tmp_path / "linux")
+    (linux / "translations" / "ko_KR").mkdir(parents=True)
+    (linux / "translations" / "ko_KR" / "index.html").write_text((linux / "index.html").read_text())
+    info = corpus.build_corpus({"python": str(python), "linux": str(linux)}, str(tmp_path / "out"))
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert info["documents"] == 14 and len(names) == 14  # 7 pages each; the translation left out
+    assert not any("translations" in n for n in names)
+    assert {n.split("_")[1] for n in names} == {"python", "linux"}
+    assert names != sorted(names, key=lambda n: n.split("_")[1])  # the sources are interleaved
+    with pytest.raises(ValueError, match="--sources must be"):
+        corpus.parse_sources("python,gnu")
+    assert corpus.parse_sources("all") == corpus.SOURCES
+
+
 def test_corpus_cli_names_the_package_when_docs_are_missing(tmp_path, monkeypatch, capsys):
     from bmojo.eval import corpus
 

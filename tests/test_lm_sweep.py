@@ -133,3 +133,21 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert "meta.json" in capsys.readouterr().err
     assert lm_sweep.main(["run", str(tmp_path), "--lrs", "1e-3,3e-3", "--device", "cpu"]) == 2
     assert "at least 3" in capsys.readouterr().err
+
+
+def test_eval_windows_spread_through_the_split():
+    stream = torch.arange(1000)
+    setting = lm_sweep.LMSetting(data="x", max_eval_tokens=400)
+    spread = lm_sweep.eval_windows(stream, 100, setting)
+    starts = spread.view(4, 100)[:, 0].tolist()
+    assert starts == [0, 300, 600, 900] and spread[-1] == 999  # first window at the start, last at the end
+    assert all((w == torch.arange(w[0], w[0] + 100)).all() for w in spread.view(4, 100))  # contiguous
+    head = lm_sweep.eval_windows(stream, 100, lm_sweep.LMSetting(data="x", max_eval_tokens=400, eval_windows="head"))
+    assert head.tolist() == list(range(400))
+    assert len(lm_sweep.eval_windows(stream[:150], 100, setting)) == 100  # one window when only one fits
+    with pytest.raises(ValueError, match="eval_windows must be"):
+        lm_sweep.check_setting(lm_sweep.LMSetting(data="x", eval_windows="middle"))
+    # files written before eval_windows existed read their splits' heads: not resumable as spread
+    old = {k: v for k, v in lm_sweep.LMSetting(data="x").__dict__.items() if k != "eval_windows"}
+    assert lm_sweep._comparable(old) == lm_sweep._comparable({**old, "eval_windows": "head"})
+    assert lm_sweep._comparable(old) != lm_sweep._comparable(lm_sweep.LMSetting(data="x").__dict__)
