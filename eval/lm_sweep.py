@@ -34,7 +34,7 @@ import shlex
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -503,15 +503,8 @@ def run_sweep(rows, lrs, setting, seeds=(0,), device="cpu", workers=1, out_dir="
     def skipped(row, lr, seed, why):
         return dict(row=row, lr=lr, seed=seed, params=None, valid=None, test=None, error=why, seconds=0.0)
 
-    deadline = None if time_limit is None else start + time_limit
-    devices = parity.job_devices(device, len(todo))
-    if workers <= 1:
-        for (row, lr, seed), dev in zip(todo, devices):
-            late = deadline is not None and time.time() > deadline
-            record(skipped(row, lr, seed, f"skipped: time limit {time_limit} s") if late
-                   else run_job(row, seed, replace(setting, lr=lr), dev))
-    else:
-        parity._run_pool(todo, devices, setting, workers, deadline, record, skipped, job=run_job)
+    parity.run_jobs(todo, parity.job_devices(device, len(todo)), setting, workers, time_limit, start, record,
+                    skipped, job=run_job)
     summary = write_results(out_dir, jobs, meta)
     log(f"done in {time.time() - start:.0f} s: {os.path.join(out_dir, 'results.md')}")
     return summary

@@ -620,17 +620,24 @@ def run_parity(rows=tuple(ROWS), seeds=(0, 1, 2), setting=None, device="cpu", wo
         return dict(row=row, seed=seed, lr=lr, accuracy=None, final_loss=None, params=None,
                     train_seconds=None, error=why, seconds=0.0)
 
-    deadline = None if time_limit is None else start + time_limit
-    if workers <= 1:
-        for (row, lr, seed), dev in zip(jobs, devices):
-            late = deadline is not None and time.time() > deadline
-            record(skipped(row, lr, seed, f"skipped: time limit {time_limit} s") if late
-                   else run_job(row, seed, replace(setting, lr=lr), dev))
-    else:
-        _run_pool(jobs, devices, setting, workers, deadline, record, skipped)
+    run_jobs(jobs, devices, setting, workers, time_limit, start, record, skipped)
     summary = write_results(out_dir, results, rows, meta)
     log(f"done in {time.time() - start:.0f} s: {os.path.join(out_dir, 'parity.md')}")
     return summary
+
+
+def run_jobs(jobs, devices, setting, workers, time_limit, start, record, skipped, job=None):
+    """Runs the (row, lr, seed) jobs, each `job(row, seed, setting at its lr, device)` (default `run_job`), in
+    this process or in `workers` processes, and passes every result to `record` as it ends; a job not started
+    `time_limit` seconds after `start` is recorded as `skipped(row, lr, seed, why)` instead."""
+    job = job or run_job
+    deadline = None if time_limit is None else start + time_limit
+    if workers > 1:
+        return _run_pool(jobs, devices, setting, workers, deadline, record, skipped, job)
+    for (row, lr, seed), dev in zip(jobs, devices):
+        late = deadline is not None and time.time() > deadline
+        record(skipped(row, lr, seed, f"skipped: time limit {time_limit} s") if late
+               else job(row, seed, replace(setting, lr=lr), dev))
 
 
 def _run_pool(jobs, devices, setting, workers, deadline, record, skipped, job=None):
