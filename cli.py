@@ -13,46 +13,34 @@ import sys
 import tempfile
 import time
 
-# The demo's setting. Each 64-token sequence opens with 4 key-value pairs (8 tokens), then 40 filler
-# tokens, then the 4 queries in the last 16 tokens, so every query is at least 41 tokens after the pairs.
+# The demo's setting. Each 64-token sequence opens with 3 key-value pairs (6 tokens), then 40 filler
+# tokens, then the 3 queries in the last 18 tokens, so every query is at least 41 tokens after the pairs.
 # B'MOJO sees only 4 tokens back through its window (w = 4): it must recall from its eidetic store, which
-# keeps verbatim the tokens its innovation scores find hardest to predict. Why no fading band and a store
-# of 12 rather than w = n_f = 4 and a store of 8 (the same 640 floats): instrumenting the store at the
-# query positions showed that a store exactly as large as the 8 pair tokens loses pairs to any intruder,
-# and intruders always get in: fillers right after the pairs (positions 8-15, whose second-layer keys
-# carry the pairs through the first layer's window, so the predictor reading the fading memory cannot
-# predict them) hold ~4 slots of the second layer's store, and earlier queries ~1.5 (measured with
-# M_e = 12; with M_e = 8 the second layer's store held 4 of the 8 pair tokens after 400 steps). The band
-# itself only holds fading keys 5-8 tokens back, useless here. Seed 0, B'MOJO alone, 400 steps:
-# w = n_f = 4, M_e = 8: 0.46; w = 4, n_f = 0, M_e = 12: 0.84; the same with lr 5e-3: 0.83, with
-# innovation_loss_weight 1.0 (at n_f = 4): 0.42 (Adam makes the predictor's own updates blind to the
-# weight, which only scales how hard the fading SSM is pushed towards predictable keys), 0.1: 0.87;
-# w = 2, n_f = 0, M_e = 14 learned slower. The baseline is a sliding-window Transformer of the SAME
-# decoding state (both 640 floats per layer; the demo prints both): a 20-token window, whose 2 stacked
-# layers reach 2 * (20 - 1) = 38 < 41 tokens back, so it cannot see the pairs at all (tests/test_mqar.py
-# checks this). A 32-id vocabulary (15 keys, 15 values) and lr 3e-3 get B'MOJO furthest in the few
-# hundred steps that fit in a few minutes on 2 CPU cores. Measured with `bmojo demo` (OMP_NUM_THREADS=1,
-# on a 2-core machine at load ~5 from other jobs, the two seeds' demos run at once): B'MOJO 0.840 at
-# seed 0 and 0.869 at seed 1, the baseline 0.077 and 0.064 (chance 0.067); 14.7 and 13.4 minutes of wall
-# time there (baseline ~200s, B'MOJO ~600s). Not timed alone: the old split's B'MOJO took ~210s alone at
-# load ~1.5, and side by side the two splits ran 400 steps in 429s and 416s, so the demo stays at about
-# 5 minutes on an idle machine. Still short
-# of full recall: the second layer's store keeps ~2.5-3 of the 4 value tokens at the end of training.
-# Issue 13, B'MOJO alone, 400 steps unless said, seed 0 / seed 1 (none reaches 0.9 at both seeds, so the
-# setting above stays): schedule "onecycle" 0.921 / 0.837; onecycle with 500 steps - / 0.782; onecycle
-# with innovation_loss_weight 0.1 - / 0.824; batch 32 for 800 steps 0.350 / -; ssm_expand 1 (SSM state
-# 64 floats) with M_e = 14 (same 640 floats) 0.468 / 0.925, with onecycle 0.436 / 0.898, with 500 steps
-# 0.468 / 0.924; gap 46 with M_e = 16 (the baseline's window would be 24, 768 floats), onecycle 0.406 /
-# 0.422. Where seed 0 fails it sits on the 0.52 plateau (loss ~1.0-1.1): whether a run leaves it within
-# 400-500 steps varies by seed and setting. Times not comparable: measured at load 3-7 from other jobs.
-# 2026-12-03, with the baseline's head untied (the attention presets' new default), seed 0, 2 threads on
-# an idle 2-core machine: B'MOJO 0.875 (52 s), baseline 0.086 (16 s).
-DEMO_TASK = dict(vocab_size=32, seq_len=64, num_pairs=4, gap=40, num_train=20_000, num_test=500)
+# keeps verbatim the tokens its innovation scores find hardest to predict. The baseline is a sliding-window
+# Transformer of the SAME decoding state (both 640 floats per layer; the demo prints both): a 20-token
+# window, whose 2 stacked layers reach 2 * (20 - 1) = 38 < 41 tokens back, so it cannot see the pairs at all
+# (tests/test_mqar.py checks this).
+# Why these sizes (issue 13; eval/results/demo_levers_cpu/README.md has every lever tried, with seeds):
+# - No fading band and a store of 12 rather than w = n_f = 4 and a store of 8 (the same 640 floats): a store
+#   exactly as large as the pair tokens loses pairs to intruders, and intruders always get in (fillers right
+#   after the pairs, whose second-layer keys carry the pairs through the first layer's window, held ~4 slots
+#   of the second layer's store; earlier queries ~1.5). The band only holds keys 5-8 tokens back, useless here.
+# - 3 pairs, not 4: with 4 pairs (8 of the 12 slots) B'MOJO stopped at 0.84-0.88 whatever the lr, schedule,
+#   weight decay, window or steps (up to 1,000); the second layer's store kept ~2.5-3 of the 4 value tokens.
+#   3 pairs leave room for the intruders.
+# - 1,200 steps: B'MOJO first sits on a plateau (it knows which tokens are values, not which key each
+#   belongs to) and leaves it at a step that varies with the seed; at 800 steps seed 3 had not (0.569).
+#   Measured (2026-12-04, one thread a run): 0.967 / 0.936 / 0.925 / 0.925 at seeds 0-3; the baseline 0.084
+#   at seed 0 (chance 0.067). `bmojo demo` on an idle 2-core machine (2 threads): seed 0, B'MOJO 0.958
+#   (170 s of training), baseline 0.061, 4 min 4 s in all; seed 1, 0.903 and 0.067, 3 min 57 s.
+# A 32-id vocabulary (15 keys, 15 values) and lr 3e-3 get B'MOJO furthest in the steps that fit in a few
+# minutes on 2 CPU cores.
+DEMO_TASK = dict(vocab_size=32, seq_len=64, num_pairs=3, gap=40, num_train=20_000, num_test=500)
 DEMO_MODEL = dict(hidden_size=64, intermediate_size=128)
 DEMO_BMOJO = dict(window_size=4, fading_tokens=0, eidetic_tokens_per_chunk=4, eidetic_capacity=12,
                   ssm_state_size=1)
 DEMO_BASELINE = dict(window_size=20)  # on the swa-transformer-tiny preset
-DEMO_STEPS = 400
+DEMO_STEPS = 1200
 DEMO_BATCH = 64
 DEMO_LR = 3e-3
 DEMO_GENERATE = 8  # unseen prompts answered through generate()

@@ -52,7 +52,7 @@ FILLER = 0
 LAYOUTS = ("shown", "zoology")
 ZOOLOGY_POWER_A = 0.01
 SEQ_LEN_RANGE = (64, 2048)
-PAIRS_RANGE = (4, 256)
+PAIRS_RANGE = (1, 256)  # Zoology's generator takes any count; the quickstart demo uses 3
 _BLOCK = 2048  # examples generated at once: bounds the (block, K) random matrix used to sample keys
 
 
@@ -70,7 +70,7 @@ class MQARTask:
     Args:
         vocab_size: token ids used, 0 (filler) to vocab_size - 1; default 8192 as in Zoology.
         seq_len: tokens per sequence, 64 to 2048; must hold 2 * num_pairs + gap + 2 * num_queries.
-        num_pairs: key-value pairs per sequence, 4 to 256.
+        num_pairs: key-value pairs per sequence, 1 to 256.
         num_queries: keys asked per sequence, 1 to num_pairs (None: num_pairs).
         gap: filler tokens between the last pair and the query region, >= 0 (default 0).
         num_train, num_test: sequences per split.

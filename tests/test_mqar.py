@@ -115,7 +115,7 @@ def test_generate_excludes_given_rows():
 @pytest.mark.parametrize("kw, field", [
     (dict(seq_len=32), "seq_len"),
     (dict(seq_len=4096), "seq_len"),
-    (dict(num_pairs=2), "num_pairs"),
+    (dict(num_pairs=0), "num_pairs"),
     (dict(num_pairs=300, seq_len=2048), "num_pairs"),
     (dict(num_pairs=32, seq_len=64), "seq_len"),
     (dict(num_queries=9), "num_queries"),
