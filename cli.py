@@ -24,7 +24,8 @@ import time
 # - No fading band and a store of 12 rather than w = n_f = 4 and a store of 8 (the same 640 floats): a store
 #   exactly as large as the pair tokens loses pairs to intruders, and intruders always get in (fillers right
 #   after the pairs, whose second-layer keys carry the pairs through the first layer's window, held ~4 slots
-#   of the second layer's store; earlier queries ~1.5). The band only holds keys 5-8 tokens back, useless here.
+#   of the second layer's store; earlier queries ~1.5). The band only holds keys 5-8 tokens back, useless
+#   here.
 # - 3 pairs, not 4: with 4 pairs (8 of the 12 slots) B'MOJO stopped at 0.84-0.88 whatever the lr, schedule,
 #   weight decay, window or steps (up to 1,000); the second layer's store kept ~2.5-3 of the 4 value tokens.
 #   3 pairs leave room for the intruders.

@@ -2,13 +2,13 @@
 
 Debian's `python3-doc` package (on bookworm: `python3.11-doc`) installs the Python documentation as
 Sphinx HTML under `/usr/share/doc/python3.X/html` (about 9 MiB of text). `--sources all` adds the Linux
-kernel's documentation (`linux-doc`, 28 MiB without its translations), Django's (`python-django-doc`, 4 MiB)
-and PostgreSQL's (`postgresql-doc`, 7 MiB): about 48 MiB of English prose and code, some 14M tokens of an
-8,192-id BPE, enough that a 130M-parameter model trained on it sees no token twice (issue 13).
-`html_to_text` turns one page into plain text with the standard library's `html.parser` (scripts, styles, navigation, sidebars, footers, tables of
-contents and index pages dropped; paragraphs kept, their whitespace collapsed; code blocks kept line
-by line), and `build_corpus` writes the pages as a folder of `.txt` files (or one `.jsonl`) that
-`bmojo.eval.lm.read_folder` reads. Nothing is fetched from the network.
+kernel's documentation (`linux-doc`, 28 MiB without its translations), Django's (`python-django-doc`,
+4 MiB) and PostgreSQL's (`postgresql-doc`, 7 MiB): about 48 MiB of English prose and code, some 14M tokens
+of an 8,192-id BPE, enough that a 130M-parameter model trained on it sees no token twice (issue 13).
+`html_to_text` turns one page into plain text with the standard library's `html.parser` (scripts, styles,
+navigation, sidebars, footers, tables of contents and index pages dropped; paragraphs kept, their whitespace
+collapsed; code blocks kept line by line), and `build_corpus` writes the pages as a folder of `.txt` files
+(or one `.jsonl`) that `bmojo.eval.lm.read_folder` reads. Nothing is fetched from the network.
 
     apt-get install python3-doc            # or python3.11-doc
     python -m bmojo.eval.corpus --out .corpus/pydoc
@@ -43,8 +43,8 @@ OTHER_SOURCES = {
     "postgresql": ("postgresql-doc", ("/usr/share/doc/postgresql-doc-*/html",)),
 }
 SOURCES = ("python",) + tuple(OTHER_SOURCES)
-# Pages of a source left out: the kernel's translations (Chinese, Japanese, Korean, Italian; 335 pages, 3.5 MiB)
-# are not English, and one Korean page made 70% of the first test run's evaluated tokens (issue 13)
+# Pages of a source left out: the kernel's translations (Chinese, Japanese, Korean, Italian; 335 pages,
+# 3.5 MiB) are not English, and one Korean page made 70% of the first test run's evaluated tokens (issue 13)
 SOURCE_SKIP = {"linux": re.compile(r"^translations/")}
 # Pages that are lists of names or links, not prose.
 SKIP_PAGES = re.compile(r"(^|/)(genindex[^/]*|py-modindex|search|contents)\.html$")
@@ -175,7 +175,8 @@ def parse_sources(text):
     names = SOURCES if text == "all" else tuple(n for n in text.split(",") if n)
     bad = [n for n in names if n not in SOURCES]
     if bad or not names or len(set(names)) != len(names):
-        raise ValueError(f"--sources must be 'all' or distinct names among {', '.join(SOURCES)}, got {text!r}")
+        raise ValueError(f"--sources must be 'all' or distinct names among {', '.join(SOURCES)}, "
+                         f"got {text!r}")
     return names
 
 
@@ -284,11 +285,11 @@ def build_parser():
                    help="HTML tree to convert (default: the newest /usr/share/doc/python3.X/html)")
     p.add_argument("--sources", default=None,
                    help=f"instead of --html-dir: Debian documentation trees to join, comma-separated among "
-                        f"{', '.join(SOURCES)}, or 'all' (about 52 MiB of text; use --max-mib 0)")
+                        f"{', '.join(SOURCES)}, or 'all' (about 48 MiB of text)")
     p.add_argument("--format", choices=("txt", "jsonl"), default="txt",
                    help="one .txt per page (default) or a single corpus.jsonl")
-    p.add_argument("--max-mib", type=float, default=30.0,
-                   help="stop after this many MiB of text (0: no limit; default 30)")
+    p.add_argument("--max-mib", type=float, default=0.0,
+                   help="stop after this many MiB of text (default 0: no limit)")
     p.add_argument("--min-chars", type=int, default=200, help="skip pages with less text than this")
     return p
 

@@ -1,4 +1,4 @@
-"""Language modelling at matched size with a learning-rate sweep per family, HF Llama in the same run (issue 13).
+"""Language modelling at matched size: a learning-rate sweep per family, HF Llama in the same run (issue 13).
 
 The paper's language-modelling claims are that B'MOJO's perplexity is comparable to a Transformer's of the
 same size, and that it stays flat when the evaluated length grows to 4x+ the training length. Comparing one
@@ -8,7 +8,7 @@ T, 2T, ... 16T on a separate test split. The data are tokenized once (`prepare`)
 the rows see the same tokens in the same blocks; no block is seen twice when `--tokens` fits in the training
 split.
 
-    python -m bmojo.eval.corpus --sources all --max-mib 0 --out .corpus/debian-docs
+    python -m bmojo.eval.corpus --sources all --out .corpus/debian-docs
     python -m bmojo.eval.lm_sweep prepare .corpus/debian-docs --out .lmdata/debian-docs
     python -m bmojo.eval.lm_sweep run .lmdata/debian-docs --device cuda --workers 3 \\
         --rows bmojo,transformer,hf-llama,mamba2-hf-like --lrs 3e-4,1e-3,3e-3 --tokens 10000000 --out lm_sweep
@@ -84,6 +84,10 @@ class LMSetting:
     # "head", the split's first tokens, as the first run (2026-12-04) read them: one document of validation
     # and, in the test split, 70% one Korean page
     eval_windows: str = "spread"
+    # the training step through torch.compile with this backend ("inductor" on a GPU; "" eager). Eager B'MOJO
+    # trained at 0.37x the rate of compiled B'MOJO on an H200
+    # (benchmarks/results/bench_model_h200_2026-12-03.md)
+    compile: str = ""
     lr: float = 1e-3
 
     @property
@@ -103,6 +107,9 @@ def check_setting(setting):
                          f"(one step), got {setting.tokens}")
     if not 0 <= setting.warmup_fraction < 1:
         raise ValueError(f"warmup_fraction must be in [0, 1), got {setting.warmup_fraction}")
+    if setting.compile not in ("", "inductor", "aot_eager", "eager"):
+        raise ValueError(f"compile must be '' (eager), 'inductor', 'aot_eager' or 'eager', "
+                         f"got {setting.compile!r}")
     if setting.eval_windows not in ("spread", "head"):
         raise ValueError(f"eval_windows must be 'spread' or 'head', got {setting.eval_windows!r}")
     if not setting.factors or any(isinstance(f, bool) or not isinstance(f, int) or f < 1
@@ -205,9 +212,9 @@ def build_model(row, setting, vocab_size):
         config = bmojo.preset_config(f"{family}-{setting.size}", **{**width, **overrides(width)},
                                      vocab_size=vocab_size, **specials)
         model = bmojo.BMojoForCausalLM(config)
-        summary = {k: getattr(config, k) for k in ("mixer_types", "hidden_size", "num_hidden_layers",
-                                                    "intermediate_size", "ssm_expand", "window_size",
-                                                    "fading_tokens", "eidetic_capacity", "tie_word_embeddings")}
+        fields = ("mixer_types", "hidden_size", "num_hidden_layers", "intermediate_size", "ssm_expand",
+                  "window_size", "fading_tokens", "eidetic_capacity", "tie_word_embeddings")
+        summary = {k: getattr(config, k) for k in fields}
         summary["mixer_types"] = sorted(set(summary["mixer_types"]))
     return model, summary
 
@@ -225,8 +232,8 @@ def _progress_callback(row, lr, every):
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs and state.global_step % every == 0:
-                print(f"    {row} lr {lr:g}: step {state.global_step}/{state.max_steps} loss {logs['loss']:.3f}",
-                      flush=True)
+                print(f"    {row} lr {lr:g}: step {state.global_step}/{state.max_steps} "
+                      f"loss {logs['loss']:.3f}", flush=True)
 
     return Progress()
 
@@ -259,7 +266,8 @@ def run_job(row, seed, setting, device="cpu"):
                 lr_scheduler_type="cosine", weight_decay=setting.weight_decay, adam_beta1=0.9,
                 adam_beta2=setting.adam_beta2, max_grad_norm=1.0, logging_steps=logging_steps,
                 save_strategy="no", report_to=[], seed=seed, data_seed=seed, disable_tqdm=True, bf16=cuda,
-                use_cpu=not cuda, dataloader_num_workers=0)
+                use_cpu=not cuda, dataloader_num_workers=0, torch_compile=bool(setting.compile),
+                torch_compile_backend=setting.compile or None)
             trainer = Trainer(model=model, args=args, train_dataset=lm.Blocks(train, setting.seq_len),
                               callbacks=[_progress_callback(row, setting.lr, max(1, steps // 10))])
             trainer.remove_callback(PrinterCallback)  # a dict a logging step: our line every 10% instead
@@ -272,7 +280,8 @@ def run_job(row, seed, setting, device="cpu"):
         tail = [loss for _, loss in losses[-3:]]
         result.update(train_seconds=round(train_seconds, 1),
                       tokens_per_second=round(result["tokens"] / train_seconds),
-                      peak_memory_gib=round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 2) if cuda else None,
+                      peak_memory_gib=round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 2)
+                      if cuda else None,
                       loss_curve=losses, final_train_loss=sum(tail) / len(tail) if tail else None)
         model.eval()
         evaluate = functools.partial(_perplexity, model, setting, cuda)
@@ -286,9 +295,10 @@ def run_job(row, seed, setting, device="cpu"):
 
 
 def eval_windows(stream, span, setting):
-    """The evaluated tokens of a split: up to `max_eval_tokens // span` windows of `span` tokens, evenly spaced
-    from the split's start to its end ("spread"), or its first ones ("head"), joined. Every evaluated length
-    divides `span`, so each length reads exactly these tokens in blocks that never cross two windows."""
+    """The evaluated tokens of a split: up to `max_eval_tokens // span` windows of `span` tokens, evenly
+    spaced from the split's start to its end ("spread"), or its first ones ("head"), joined. Every evaluated
+    length divides `span`, so each length reads exactly these tokens in blocks that never cross two
+    windows."""
     count = max(1, min(len(stream) // span, setting.max_eval_tokens // span))
     if setting.eval_windows == "head":
         return stream[: count * span]
@@ -330,7 +340,8 @@ def summarize(jobs, rows, lrs, seed=0):
         by_lr = {lr: by_key.get((row, lr, seed)) for lr in lrs}
         best = best_lr(by_lr)
         job = by_lr.get(best) if best is not None else None
-        at_best = [j for j in jobs if j["row"] == row and j["lr"] == best and not j.get("error") and j.get("test")]
+        at_best = [j for j in jobs
+                   if j["row"] == row and j["lr"] == best and not j.get("error") and j.get("test")]
         seed_ppl = sorted((j["seed"], j["test"][0]["ppl"]) for j in at_best)
         summary.append(dict(
             row=row, best_lr=best, complete=all(j is not None and not j.get("error") for j in by_lr.values()),
@@ -359,8 +370,8 @@ def markdown(summary, meta):
              f"Training: T = {s['seq_len']}, batch {s['batch_size']}, {s['tokens']:,} tokens per job "
              f"({meta['steps']} steps), warm-up {s['warmup_fraction']:.0%} then cosine, AdamW (0.9, "
              f"{s['adam_beta2']}), weight decay {s['weight_decay']}, seed {meta['seeds'][0]}.", "",
-             "Each row at its best learning rate (lowest validation perplexity at T); test perplexity at each "
-             "length (up to " + f"{s['max_eval_tokens']:,} tokens per length, "
+             "Each row at its best learning rate (lowest validation perplexity at T); test perplexity at "
+             "each length (up to " + f"{s['max_eval_tokens']:,} tokens per length, "
              f"{s.get('eval_windows', 'head')}):", "",
              "| row | params (M) | best lr | final train loss | " + " | ".join(
                  f"ppl @{f * s['seq_len']}" for f in factors) + " |",
@@ -380,9 +391,10 @@ def markdown(summary, meta):
     lines += ["", "(edge): the best learning rate is the smallest or largest swept, so the optimum may lie "
               "outside the sweep."]
     if len(meta["seeds"]) > 1:
-        lines += ["", "Every seed at the best learning rate (validation perplexity at T; test perplexity at T and "
-                  f"at {factors[-1]}T):", "",
-                  "| row | seed | valid ppl @T | test ppl @T | test ppl @" + f"{factors[-1]}T | @{factors[-1]}T / @T |",
+        last = f"{factors[-1]}T"
+        lines += ["", "Every seed at the best learning rate (validation perplexity at T; test perplexity "
+                  f"at T and at {last}):", "",
+                  f"| row | seed | valid ppl @T | test ppl @T | test ppl @{last} | @{last} / @T |",
                   "|---|---|---|---|---|---|"]
         for r in summary:
             for job in sorted(meta["jobs_at_best"].get(r["row"], []), key=lambda j: j["seed"]):
@@ -436,7 +448,7 @@ def write_results(out_dir, jobs, meta):
 def _comparable(setting_dict):
     # the data folder may move between machines (what it holds is checked through the meta); files written
     # before `eval_windows` existed evaluated the head of each split
-    setting_dict = {"eval_windows": "head", **setting_dict}
+    setting_dict = {"eval_windows": "head", "compile": "", **setting_dict}
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in setting_dict.items()
             if k not in ("lr", "data")}
 
@@ -446,8 +458,8 @@ def load_finished(path, setting, data_meta):
     with open(path) as f:
         earlier = json.load(f)
     if _comparable(earlier["setting"]) != _comparable(asdict(setting)) or earlier["data"] != data_meta:
-        raise ValueError(f"resume file {path} was written for another setting or data: only a run of the same "
-                         "setting can be resumed")
+        raise ValueError(f"resume file {path} was written for another setting or data: only a run of the "
+                         "same setting can be resumed")
     return {(j["row"], j["lr"], j["seed"]): j for j in earlier["jobs"] if not j.get("error")}
 
 
@@ -542,7 +554,10 @@ def build_parser():
     run.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     run.add_argument("--workers", type=int, default=1, help="jobs at once, each its own process")
     run.add_argument("--time-limit", type=float, default=None,
-                     help="seconds after which no new job starts (running ones finish); continue with --resume")
+                     help="seconds after which no new job starts (running ones finish); continue with "
+                          "--resume")
+    run.add_argument("--compile", default="", choices=("", "inductor", "aot_eager", "eager"),
+                     help="train through torch.compile with this backend (default: eager)")
     run.add_argument("--resume", default=None, help="an earlier results.json of the same setting")
     run.add_argument("--out", default="lm_sweep")
     return p
@@ -562,8 +577,9 @@ def main(argv=None):
     try:
         device = str(lm.resolve_device(ns.device))
         setting = LMSetting(data=ns.data, size=ns.size, seq_len=ns.seq_len, batch_size=ns.batch_size,
-                            tokens=ns.tokens, factors=parity._ints(ns.factors), max_eval_tokens=ns.max_eval_tokens,
-                            eval_windows=ns.eval_windows)
+                            tokens=ns.tokens, factors=parity._ints(ns.factors),
+                            max_eval_tokens=ns.max_eval_tokens, eval_windows=ns.eval_windows,
+                            compile=ns.compile)
         command = "python -m bmojo.eval.lm_sweep " + shlex.join(sys.argv[1:] if argv is None else argv)
         run_sweep(ns.rows.split(","), parity._floats(ns.lrs), setting, parity._ints(ns.seeds), device,
                   ns.workers, ns.out, command, ns.time_limit, ns.resume)

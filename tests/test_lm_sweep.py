@@ -17,7 +17,8 @@ def _job(ppl, error=None):
 def test_best_lr_is_the_lowest_validation_perplexity():
     assert lm_sweep.best_lr({3e-4: _job(40.0), 1e-3: _job(31.5), 3e-3: _job(35.0)}) == 1e-3
     # a diverged (inf / nan) or failed job never wins; unfinished jobs are left out
-    assert lm_sweep.best_lr({3e-4: _job(40.0), 1e-3: _job(float("nan")), 3e-3: _job(1.0, error="boom")}) == 3e-4
+    failed = _job(1.0, error="boom")
+    assert lm_sweep.best_lr({3e-4: _job(40.0), 1e-3: _job(float("nan")), 3e-3: failed}) == 3e-4
     assert lm_sweep.best_lr({3e-4: _job(float("inf")), 1e-3: _job(50.0), 3e-3: None}) == 1e-3
     assert lm_sweep.best_lr({3e-4: None, 1e-3: _job(None)}) is None
     assert lm_sweep.best_lr({3e-4: _job(30.0), 1e-3: _job(30.0)}) == 3e-4  # a tie: the first given
@@ -125,7 +126,8 @@ def test_short_cpu_sweep_learns_above_chance_and_resumes(tmp_path, one_thread):
     assert lines[0].startswith("resumed 9 finished job(s)") and again == summary
     with pytest.raises(ValueError, match="same setting"):
         lm_sweep.run_sweep(rows, lrs, lm_sweep.LMSetting(**{**setting.__dict__, "tokens": 32 * 8 * 20}),
-                           out_dir=str(tmp_path / "other"), resume=str(out / "results.json"), log=lines.append)
+                           out_dir=str(tmp_path / "other"), resume=str(out / "results.json"),
+                           log=lines.append)
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):
@@ -142,7 +144,8 @@ def test_eval_windows_spread_through_the_split():
     starts = spread.view(4, 100)[:, 0].tolist()
     assert starts == [0, 300, 600, 900] and spread[-1] == 999  # first window at the start, last at the end
     assert all((w == torch.arange(w[0], w[0] + 100)).all() for w in spread.view(4, 100))  # contiguous
-    head = lm_sweep.eval_windows(stream, 100, lm_sweep.LMSetting(data="x", max_eval_tokens=400, eval_windows="head"))
+    head_setting = lm_sweep.LMSetting(data="x", max_eval_tokens=400, eval_windows="head")
+    head = lm_sweep.eval_windows(stream, 100, head_setting)
     assert head.tolist() == list(range(400))
     assert len(lm_sweep.eval_windows(stream[:150], 100, setting)) == 100  # one window when only one fits
     with pytest.raises(ValueError, match="eval_windows must be"):
@@ -151,3 +154,26 @@ def test_eval_windows_spread_through_the_split():
     old = {k: v for k, v in lm_sweep.LMSetting(data="x").__dict__.items() if k != "eval_windows"}
     assert lm_sweep._comparable(old) == lm_sweep._comparable({**old, "eval_windows": "head"})
     assert lm_sweep._comparable(old) != lm_sweep._comparable(lm_sweep.LMSetting(data="x").__dict__)
+
+
+@pytest.mark.slow
+def test_compiled_training_equals_eager(tmp_path, one_thread):
+    """`--compile` trains through torch.compile (here the aot_eager backend, which traces the same graph
+    without Inductor's code generation): the same job reaches the same perplexity as eagerly."""
+    corpus = _corpus(tmp_path / "corpus", n=40)
+    data = str(tmp_path / "data")
+    lm_sweep.prepare(str(corpus), data, vocab_size=300, log=lambda *a: None)
+    setting = lm_sweep.LMSetting(data=data, size="tiny", seq_len=32, batch_size=4, tokens=32 * 4 * 6,
+                                 factors=(1,), max_eval_tokens=256, eval_tokens_per_batch=128, lr=3e-3)
+    from torch._dynamo.utils import counters
+
+    eager = lm_sweep.run_job("bmojo", 0, setting)
+    counters.clear()
+    compiled_setting = lm_sweep.LMSetting(**{**setting.__dict__, "compile": "aot_eager"})
+    compiled = lm_sweep.run_job("bmojo", 0, compiled_setting)
+    assert counters["stats"]["unique_graphs"] >= 1  # the step did go through torch.compile
+    assert eager["error"] is None and compiled["error"] is None, compiled["error"]
+    assert compiled["valid"]["ppl"] == pytest.approx(eager["valid"]["ppl"], rel=1e-3)
+    assert compiled["test"][0]["ppl"] == pytest.approx(eager["test"][0]["ppl"], rel=1e-3)
+    with pytest.raises(ValueError, match="compile must be"):
+        lm_sweep.check_setting(lm_sweep.LMSetting(data="x", compile="tensorrt"))
