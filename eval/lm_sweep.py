@@ -238,6 +238,24 @@ def _progress_callback(row, lr, every):
     return Progress()
 
 
+def _recording_trainer():
+    from transformers import Trainer
+
+    class RecordingTrainer(Trainer):
+        """Keeps each step's innovation term (B'MOJO's auxiliary loss, inside the logged loss) as a tensor, so
+        the LM part of the training loss can be reported without a device sync per step."""
+
+        innovation = []
+
+        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+            if model.training and getattr(outputs, "innovation_loss", None) is not None:
+                self.innovation.append(outputs.innovation_loss.detach())
+            return (loss, outputs) if return_outputs else loss
+
+    return RecordingTrainer
+
+
 def run_job(row, seed, setting, device="cpu"):
     """Trains and evaluates one (row, lr = setting.lr, seed); returns its result. Never raises."""
     result = dict(row=row, lr=setting.lr, seed=seed, params=None, error=None, valid=None, test=None)
@@ -245,7 +263,7 @@ def run_job(row, seed, setting, device="cpu"):
     try:
         import tempfile
 
-        from transformers import PrinterCallback, Trainer, TrainingArguments
+        from transformers import PrinterCallback, TrainingArguments
 
         meta = load_meta(setting.data)
         train, valid, test = (load_split(setting.data, name) for name in SPLITS)
@@ -268,8 +286,10 @@ def run_job(row, seed, setting, device="cpu"):
                 save_strategy="no", report_to=[], seed=seed, data_seed=seed, disable_tqdm=True, bf16=cuda,
                 use_cpu=not cuda, dataloader_num_workers=0, torch_compile=bool(setting.compile),
                 torch_compile_backend=setting.compile or None)
-            trainer = Trainer(model=model, args=args, train_dataset=lm.Blocks(train, setting.seq_len),
-                              callbacks=[_progress_callback(row, setting.lr, max(1, steps // 10))])
+            progress = _progress_callback(row, setting.lr, max(1, steps // 10))
+            trainer = _recording_trainer()(model=model, args=args, callbacks=[progress],
+                                           train_dataset=lm.Blocks(train, setting.seq_len))
+            trainer.innovation = []
             trainer.remove_callback(PrinterCallback)  # a dict a logging step: our line every 10% instead
             train_start = time.time()
             trainer.train()
@@ -278,7 +298,12 @@ def run_job(row, seed, setting, device="cpu"):
             train_seconds = time.time() - train_start
         losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
         tail = [loss for _, loss in losses[-3:]]
-        result.update(train_seconds=round(train_seconds, 1),
+        # the last three logged losses average the last 3 * logging_steps steps; so does this
+        innovation = [float(t) for t in trainer.innovation[-3 * logging_steps:]]
+        innovation = sum(innovation) / len(innovation) if innovation else 0.0
+        result.update(final_innovation_loss=innovation,
+                      final_lm_loss=sum(tail) / len(tail) - innovation if tail else None,
+                      train_seconds=round(train_seconds, 1),
                       tokens_per_second=round(result["tokens"] / train_seconds),
                       peak_memory_gib=round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 2)
                       if cuda else None,
@@ -350,6 +375,8 @@ def summarize(jobs, rows, lrs, seed=0):
             sweep={format(lr, "g"): _valid_ppl(j) for lr, j in by_lr.items()},
             params=job["params"] if job else None, test=job["test"] if job else None,
             final_train_loss=job["final_train_loss"] if job else None,
+            # the LM part of it (B'MOJO's innovation term taken out); not recorded before 2026-12-04's fix
+            final_lm_loss=job.get("final_lm_loss") if job else None,
             best_at_edge=best is not None and best in (min(lrs), max(lrs))))
     return summary
 
@@ -373,15 +400,15 @@ def markdown(summary, meta):
              "Each row at its best learning rate (lowest validation perplexity at T); test perplexity at "
              "each length (up to " + f"{s['max_eval_tokens']:,} tokens per length, "
              f"{s.get('eval_windows', 'head')}):", "",
-             "| row | params (M) | best lr | final train loss | " + " | ".join(
+             "| row | params (M) | best lr | final train loss | its LM part | " + " | ".join(
                  f"ppl @{f * s['seq_len']}" for f in factors) + " |",
-             "|---|---|---|---|" + "---|" * len(factors)]
+             "|---|---|---|---|---|" + "---|" * len(factors)]
     for r in summary:
         ppl = {t["factor"]: t["ppl"] for t in r["test"] or []}
         edge = " (edge)" if r["best_at_edge"] else ""
         lines.append(f"| {r['row']} | {_fmt(r['params'] and r['params'] / 1e6, '.1f')} | "
                      f"{_fmt(r['best_lr'], 'g')}{edge}{'' if r['complete'] else ' (sweep incomplete)'} | "
-                     f"{_fmt(r['final_train_loss'], '.3f')} | "
+                     f"{_fmt(r['final_train_loss'], '.3f')} | {_fmt(r['final_lm_loss'], '.3f')} | "
                      + " | ".join(_fmt(ppl.get(f)) for f in factors) + " |")
     lrs = meta["lrs"]
     lines += ["", "Validation perplexity at T per learning rate (the sweep):", "",

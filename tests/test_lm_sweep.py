@@ -118,6 +118,10 @@ def test_short_cpu_sweep_learns_above_chance_and_resumes(tmp_path, one_thread):
         assert ppl[1] < 30, (row["row"], ppl)
     saved = json.loads((out / "results.json").read_text())
     assert len(saved["jobs"]) == 9 and all(j["error"] is None for j in saved["jobs"])
+    for job in saved["jobs"]:  # the LM part of the logged loss: B'MOJO's innovation term taken out
+        gap = job["final_train_loss"] - job["final_lm_loss"]
+        assert gap == pytest.approx(job["final_innovation_loss"])
+        assert (gap > 0) == (job["row"] == "bmojo"), job["row"]
     assert "| bmojo |" in (out / "results.md").read_text()
     # resuming the finished run runs nothing; a run of another setting refuses the file
     lines.clear()
