@@ -211,12 +211,9 @@ def _order_key(rel):
     return hashlib.sha1(rel.encode("utf-8")).hexdigest()
 
 
-def _tree_pages(html_dirs):
-    """[(path of the page, its name in the corpus)] of every tree; with several trees ({source: folder})
-    a page's name starts with its source's."""
-    trees = {"": html_dirs} if isinstance(html_dirs, str) else dict(html_dirs)
-    if not trees:
-        raise ValueError("html_dirs must name at least one HTML tree")
+def _tree_pages(trees):
+    """[(path of the page, its name in the corpus)] of every tree of {source: folder}; a page's name starts
+    with its source's, unless the source is "" (a single tree given as a folder)."""
     pages = []
     for source, html_dir in trees.items():
         found = html_pages(html_dir) if os.path.isdir(html_dir) else []
@@ -240,7 +237,10 @@ def build_corpus(html_dirs, out_dir, fmt="txt", max_bytes=None, min_chars=200):
     "left_out", "html_dir", "out"}."""
     if fmt not in ("txt", "jsonl"):
         raise ValueError(f"fmt must be 'txt' or 'jsonl', got {fmt!r}")
-    pages = _tree_pages(html_dirs)
+    trees = {"": html_dirs} if isinstance(html_dirs, str) else dict(html_dirs)
+    if not trees:
+        raise ValueError("html_dirs must name at least one HTML tree")
+    pages = _tree_pages(trees)
     os.makedirs(out_dir, exist_ok=True)
     stale = [n for n in os.listdir(out_dir) if n.endswith((".txt", ".jsonl"))]
     if stale:
@@ -270,9 +270,8 @@ def build_corpus(html_dirs, out_dir, fmt="txt", max_bytes=None, min_chars=200):
     finally:
         if jsonl is not None:
             jsonl.close()
-    where = html_dirs if isinstance(html_dirs, str) else ", ".join(dict(html_dirs).values())
     return dict(documents=docs, bytes=total, pages=len(pages), skipped_short=short, left_out=left_out,
-                html_dir=where, out=out_dir)
+                html_dir=", ".join(trees.values()), out=out_dir)
 
 
 def build_parser():

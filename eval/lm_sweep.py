@@ -273,9 +273,9 @@ def run_job(row, seed, setting, device="cpu"):
         model, summary = build_model(row, setting, meta["vocab_size"])
         model = model.to(dev)
         steps = setting.steps
+        tokens = steps * setting.batch_size * setting.seq_len
         result.update(params=sum(p.numel() for p in model.parameters()), config=summary, steps=steps,
-                      tokens=steps * setting.batch_size * setting.seq_len,
-                      epochs=steps * setting.batch_size * setting.seq_len / len(train))
+                      tokens=tokens, epochs=tokens / len(train))
         logging_steps = max(1, steps // 50)
         with tempfile.TemporaryDirectory() as tmp:
             args = TrainingArguments(
@@ -365,13 +365,15 @@ def summarize(jobs, rows, lrs, seed=0):
         by_lr = {lr: by_key.get((row, lr, seed)) for lr in lrs}
         best = best_lr(by_lr)
         job = by_lr.get(best) if best is not None else None
-        at_best = [j for j in jobs
-                   if j["row"] == row and j["lr"] == best and not j.get("error") and j.get("test")]
-        seed_ppl = sorted((j["seed"], j["test"][0]["ppl"]) for j in at_best)
+        seed_runs = sorted(
+            (dict(seed=j["seed"], valid_ppl=j["valid"]["ppl"], test=j["test"]) for j in jobs
+             if j["row"] == row and j["lr"] == best and not j.get("error") and j.get("test")),
+            key=lambda run: run["seed"])
+        at_t = [run["test"][0]["ppl"] for run in seed_runs]
         summary.append(dict(
             row=row, best_lr=best, complete=all(j is not None and not j.get("error") for j in by_lr.values()),
-            seeds_test_ppl_at_T=dict(seed_ppl), seeds_mean_test_ppl_at_T=(
-                sum(p for _, p in seed_ppl) / len(seed_ppl) if seed_ppl else None),
+            seed_runs=seed_runs, seeds_test_ppl_at_T={run["seed"]: p for run, p in zip(seed_runs, at_t)},
+            seeds_mean_test_ppl_at_T=sum(at_t) / len(at_t) if at_t else None,
             sweep={format(lr, "g"): _valid_ppl(j) for lr, j in by_lr.items()},
             params=job["params"] if job else None, test=job["test"] if job else None,
             final_train_loss=job["final_train_loss"] if job else None,
@@ -418,21 +420,21 @@ def markdown(summary, meta):
     lines += ["", "(edge): the best learning rate is the smallest or largest swept, so the optimum may lie "
               "outside the sweep."]
     if len(meta["seeds"]) > 1:
-        last = f"{factors[-1]}T"
+        longest = f"{factors[-1]}T"
         lines += ["", "Every seed at the best learning rate (validation perplexity at T; test perplexity "
-                  f"at T and at {last}):", "",
-                  f"| row | seed | valid ppl @T | test ppl @T | test ppl @{last} | @{last} / @T |",
+                  f"at T and at {longest}):", "",
+                  f"| row | seed | valid ppl @T | test ppl @T | test ppl @{longest} | @{longest} / @T |",
                   "|---|---|---|---|---|---|"]
         for r in summary:
-            for job in sorted(meta["jobs_at_best"].get(r["row"], []), key=lambda j: j["seed"]):
-                ppl = {t["factor"]: t["ppl"] for t in job["test"]}
-                last = ppl.get(factors[-1])
-                lines.append(f"| {r['row']} | {job['seed']} | {job['valid']['ppl']:.2f} | {ppl[1]:.2f} | "
-                             f"{_fmt(last)} | {_fmt(last and last / ppl[1], '.3f')} |")
+            for run in r["seed_runs"]:
+                ppl = {t["factor"]: t["ppl"] for t in run["test"]}
+                far = ppl.get(factors[-1])
+                lines.append(f"| {r['row']} | {run['seed']} | {run['valid_ppl']:.2f} | {ppl[1]:.2f} | "
+                             f"{_fmt(far)} | {_fmt(far and far / ppl[1], '.3f')} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(summary, jobs, lrs, out_dir, seq_len):
+def plot(summary, lrs, out_dir, seq_len):
     """`lengths.png` (test perplexity vs evaluated length, each row at its best lr) and `sweep.png`
     (validation perplexity vs lr per row). None without matplotlib."""
     try:
@@ -464,11 +466,9 @@ def write_results(out_dir, jobs, meta):
     summary = summarize(jobs, meta["rows"], meta["lrs"], meta["seeds"][0])
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(dict(meta, summary=summary, jobs=jobs), f, indent=1, default=str)
-    at_best = {r["row"]: [j for j in jobs if j["row"] == r["row"] and j["lr"] == r["best_lr"]
-                          and not j.get("error") and j.get("test")] for r in summary}
     with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(markdown(summary, dict(meta, jobs_at_best=at_best)))
-    plot(summary, jobs, meta["lrs"], out_dir, meta["setting"]["seq_len"])
+        f.write(markdown(summary, meta))
+    plot(summary, meta["lrs"], out_dir, meta["setting"]["seq_len"])
     return summary
 
 
