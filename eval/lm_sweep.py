@@ -480,14 +480,18 @@ def _comparable(setting_dict):
             if k not in ("lr", "data")}
 
 
-def load_finished(path, setting, data_meta):
-    """{(row, lr, seed): job} of the finished jobs of an earlier results.json of the same setting and data."""
-    with open(path) as f:
-        earlier = json.load(f)
-    if _comparable(earlier["setting"]) != _comparable(asdict(setting)) or earlier["data"] != data_meta:
-        raise ValueError(f"resume file {path} was written for another setting or data: only a run of the "
-                         "same setting can be resumed")
-    return {(j["row"], j["lr"], j["seed"]): j for j in earlier["jobs"] if not j.get("error")}
+def load_finished(paths, setting, data_meta):
+    """{(row, lr, seed): job} of the finished jobs of earlier results.json files (comma-separated paths) of the
+    same setting and data, e.g. two runs of disjoint rows made side by side on one device."""
+    finished = {}
+    for path in paths.split(","):
+        with open(path) as f:
+            earlier = json.load(f)
+        if _comparable(earlier["setting"]) != _comparable(asdict(setting)) or earlier["data"] != data_meta:
+            raise ValueError(f"resume file {path} was written for another setting or data: only a run of the "
+                             "same setting can be resumed")
+        finished.update({(j["row"], j["lr"], j["seed"]): j for j in earlier["jobs"] if not j.get("error")})
+    return finished
 
 
 def run_sweep(rows, lrs, setting, seeds=(0,), device="cpu", workers=1, out_dir="lm_sweep", command=None,
@@ -585,7 +589,8 @@ def build_parser():
                           "--resume")
     run.add_argument("--compile", default="", choices=("", "inductor", "aot_eager", "eager"),
                      help="train through torch.compile with this backend (default: eager)")
-    run.add_argument("--resume", default=None, help="an earlier results.json of the same setting")
+    run.add_argument("--resume", default=None,
+                     help="earlier results.json file(s) of the same setting, comma-separated")
     run.add_argument("--out", default="lm_sweep")
     return p
 

@@ -128,6 +128,14 @@ def test_short_cpu_sweep_learns_above_chance_and_resumes(tmp_path, one_thread):
     again = lm_sweep.run_sweep(rows, lrs, setting, out_dir=str(tmp_path / "again"),
                                resume=str(out / "results.json"), log=lines.append)
     assert lines[0].startswith("resumed 9 finished job(s)") and again == summary
+    # two runs of disjoint rows (side by side on one device) resume into one
+    for name, keep in (("a", {"bmojo"}), ("b", {"hf-llama", "mamba2-hf-like"})):
+        part = dict(saved, jobs=[j for j in saved["jobs"] if j["row"] in keep])
+        (tmp_path / f"{name}.json").write_text(json.dumps(part))
+    lines.clear()
+    merged = lm_sweep.run_sweep(rows, lrs, setting, out_dir=str(tmp_path / "merged"),
+                                resume=f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}", log=lines.append)
+    assert lines[0].startswith("resumed 9 finished job(s)") and merged == summary
     with pytest.raises(ValueError, match="same setting"):
         lm_sweep.run_sweep(rows, lrs, lm_sweep.LMSetting(**{**setting.__dict__, "tokens": 32 * 8 * 20}),
                            out_dir=str(tmp_path / "other"), resume=str(out / "results.json"),
