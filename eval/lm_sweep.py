@@ -481,8 +481,8 @@ def _comparable(setting_dict):
 
 
 def load_finished(paths, setting, data_meta):
-    """{(row, lr, seed): job} of the finished jobs of earlier results.json files (comma-separated paths) of the
-    same setting and data, e.g. two runs of disjoint rows made side by side on one device."""
+    """{(row, lr, seed): job} of the finished jobs of earlier results.json files (comma-separated paths)
+    of the same setting and data, e.g. two runs of disjoint rows made side by side on one device."""
     finished = {}
     for path in paths.split(","):
         with open(path) as f:
