@@ -117,12 +117,13 @@ def _say(msg):
     print(msg, flush=True)
 
 
-def demo_configs(vocab_size=None):
-    """The demo's two models, (B'MOJO config, sliding-window baseline config), at equal decoding state."""
+def demo_configs(vocab_size=None, **bmojo_overrides):
+    """The demo's two models, (B'MOJO config, sliding-window baseline config), at equal decoding state;
+    `bmojo_overrides` change B'MOJO's fields (the eidetic ablation varies its store this way)."""
     import bmojo
 
     vocab = dict(vocab_size=vocab_size or DEMO_TASK["vocab_size"])
-    return (bmojo.preset_config("tiny", **DEMO_MODEL, **DEMO_BMOJO, **vocab),
+    return (bmojo.preset_config("tiny", **DEMO_MODEL, **{**DEMO_BMOJO, **bmojo_overrides}, **vocab),
             bmojo.preset_config("swa-transformer-tiny", **DEMO_MODEL, **DEMO_BASELINE, **vocab))
 
 

@@ -44,10 +44,9 @@ def demo_task(seed):
 
 def demo_config(capacity, vocab_size):
     """The demo's B'MOJO with an eidetic store of `capacity` tokens."""
-    from .. import cli, preset_config
+    from .. import cli
 
-    return preset_config("tiny", **cli.DEMO_MODEL, **{**cli.DEMO_BMOJO, "eidetic_capacity": capacity},
-                         vocab_size=vocab_size)
+    return cli.demo_configs(vocab_size, eidetic_capacity=capacity)[0]
 
 
 def check_capacities(capacities):
@@ -61,7 +60,7 @@ def run_job(capacity, seed, setting, device="cpu"):
     """Trains and evaluates the demo's B'MOJO at one store capacity, lr and seed; never raises."""
     from .. import BMojoForCausalLM
 
-    result = dict(row=capacity, capacity=capacity, lr=setting.lr, seed=seed, error=None)
+    result = dict(capacity=capacity, lr=setting.lr, seed=seed, error=None)
     start = time.time()
     try:
         task = demo_task(seed)
@@ -91,7 +90,8 @@ def summarize(jobs):
             groups.setdefault((job["capacity"], job["lr"]), []).append(job)
     rows = []
     for (capacity, lr), group in sorted(groups.items()):
-        acc = [j["accuracy"] for j in sorted(group, key=lambda j: j["seed"])]
+        group = sorted(group, key=lambda j: j["seed"])
+        acc = [j["accuracy"] for j in group]
         rows.append(dict(capacity=capacity, lr=lr, seeds=[j["seed"] for j in group], accuracy=acc,
                          mean=sum(acc) / len(acc), low=min(acc), high=max(acc),
                          state_floats=group[0]["state_floats"], chance=group[0]["chance"]))
@@ -154,9 +154,7 @@ def write_results(out_dir, jobs, meta):
 def run_ablation(capacities, lrs, seeds, setting=AblationSetting(), workers=1, out_dir="eidetic_ablation",
                  command=None, log=None):
     """Every (capacity, lr, seed) job; results rewritten after each. Returns the summary."""
-    capacities, seeds = check_capacities(capacities), parity.check_seeds(seeds)
-    if not lrs or any(not lr > 0 for lr in lrs):
-        raise ValueError(f"lrs must be > 0 (at least one), got {lrs!r}")
+    capacities, lrs, seeds = check_capacities(capacities), parity.check_lrs(lrs), parity.check_seeds(seeds)
     log = log or functools.partial(print, flush=True)
     os.makedirs(out_dir, exist_ok=True)
     meta = dict(command=command or "run_ablation(...)",
@@ -177,7 +175,7 @@ def run_ablation(capacities, lrs, seeds, setting=AblationSetting(), workers=1, o
         write_results(out_dir, jobs, meta)
 
     def skipped(capacity, lr, seed, why):
-        return dict(row=capacity, capacity=capacity, lr=lr, seed=seed, error=why, seconds=0.0)
+        return dict(capacity=capacity, lr=lr, seed=seed, error=why, seconds=0.0)
 
     parity.run_jobs(todo, ["cpu"] * len(todo), setting, workers, None, start, record, skipped, job=run_job)
     return write_results(out_dir, jobs, meta)
@@ -196,10 +194,10 @@ def main(argv=None):
     try:
         args = sys.argv[1:] if argv is None else argv
         command = "python -m bmojo.eval.eidetic_ablation " + shlex.join(args)
-        lrs = parity._floats(ns.lrs)
-        setting = replace(AblationSetting(), steps=ns.steps, lr=lrs[0] if lrs else AblationSetting.lr)
         if ns.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {ns.steps}")
+        lrs = parity._floats(ns.lrs)
+        setting = replace(AblationSetting(), steps=ns.steps, lr=lrs[0] if lrs else AblationSetting.lr)
         run_ablation(parity._ints(ns.capacities), lrs, parity._ints(ns.seeds), setting, ns.workers, ns.out,
                      command)
     except (ValueError, OSError) as e:

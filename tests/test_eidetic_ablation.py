@@ -32,7 +32,7 @@ def test_summary_groups_seeds_per_capacity_and_lr():
     rows = ablation.summarize(jobs)
     assert [(r["capacity"], r["lr"]) for r in rows] == [(0, 3e-3), (12, 3e-3), (12, 1e-2)]
     twelve = rows[1]
-    assert twelve["seeds"] == [1, 0] and twelve["accuracy"] == [0.7, 0.9]  # sorted by seed
+    assert twelve["seeds"] == [0, 1] and twelve["accuracy"] == [0.7, 0.9]  # sorted by seed, paired
     assert twelve["mean"] == pytest.approx(0.8) and (twelve["low"], twelve["high"]) == (0.7, 0.9)
     assert rows[0]["accuracy"] == [0.1]  # the failed job is left out
 
