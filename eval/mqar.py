@@ -186,6 +186,7 @@ def make_splits(task):
 
 
 SCHEDULES = ("cosine", "onecycle")
+COMPILE_BACKENDS = ("", "inductor", "aot_eager", "eager")
 
 
 @dataclass
@@ -195,6 +196,8 @@ class TrainArgs:
     warmup of `warmup` steps then cosine decay to 0; "onecycle" is PyTorch's `OneCycleLR` with its defaults
     (30% of the steps rising from lr/25, cosine down to lr/1e4, beta1 cycled 0.95 -> 0.85 -> 0.95; `warmup` is
     ignored), the schedule of issue 12's first table.
+    `compile`: "" trains eagerly; otherwise the torch.compile backend of the forward and backward ("inductor"
+    on a GPU fuses a tiny model's hundreds of small kernels; "aot_eager" / "eager" check tracing on a CPU).
     `bf16`: bfloat16 autocast around each forward (only there: autocast caches its casts of the weights
     until its context ends, so a context around the optimizer step would keep using stale copies)."""
 
@@ -207,6 +210,7 @@ class TrainArgs:
     progress: bool = True
     bf16: bool = False
     schedule: str = "cosine"
+    compile: str = ""
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -218,6 +222,9 @@ class TrainArgs:
             raise ValueError(f"TrainArgs.bf16 must be True or False, got {self.bf16!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainArgs.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.compile not in COMPILE_BACKENDS:
+            raise ValueError(f"TrainArgs.compile must be one of {COMPILE_BACKENDS} ('' is eager), "
+                             f"got {self.compile!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"TrainArgs.weight_decay must be >= 0, got {self.weight_decay!r}")
 
@@ -269,12 +276,14 @@ def train(model, data, args=None, desc="mqar"):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, args))
     model.train()
     device = next(model.parameters()).device
+    # Every batch has the same shape, so one graph serves the whole run (dynamic=False: no shape guessing).
+    forward = torch.compile(model, backend=args.compile, dynamic=False) if args.compile else model
     losses = []
     bar = _progress(_batches(data["input_ids"].shape[0], args), args.progress, desc, total=args.steps)
     for idx in bar:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            out = model(input_ids=data["input_ids"][idx].to(device), labels=data["labels"][idx].to(device),
-                        use_cache=False)
+            out = forward(input_ids=data["input_ids"][idx].to(device), labels=data["labels"][idx].to(device),
+                          use_cache=False)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -149,6 +149,7 @@ class ParitySetting:
     # Decoding-state floats per layer of the rows in BUDGET_SPLIT, split as `mqar.budget_overrides` does
     # (issue 13's state-size sweep); 0 keeps the sizes above (issue 12's setting).
     state_budget: int = 0
+    compile: str = ""  # mqar.TrainArgs.compile: "" eager, or the torch.compile backend of training
 
 
 def row_definition(row):
@@ -338,7 +339,7 @@ def run_job(row, seed, setting, device="cpu"):
                       state_floats=state_floats(row, setting))
         args = mqar.TrainArgs(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr,
                               warmup=setting.warmup, weight_decay=setting.weight_decay, seed=seed,
-                              schedule=setting.schedule,
+                              schedule=setting.schedule, compile=setting.compile,
                               progress=False, bf16=cuda)
         train_start = time.time()
         losses = mqar.train(model, train_data, args)  # bf16 autocast around each forward on CUDA
@@ -450,6 +451,11 @@ def _schedule_text(setting):
     return f"warmup {setting['warmup']} then cosine"
 
 
+def _compile_text(setting_dict):
+    backend = setting_dict.get("compile", "")
+    return f", trained through torch.compile ({backend})" if backend else ""
+
+
 def _layout(setting_dict):
     return setting_dict.get("layout", "shown")  # files written before `layout` existed used "shown"
 
@@ -483,7 +489,7 @@ def markdown(summary, meta):
              f"{s['window_size']}, M_e {s['eidetic_capacity']}; {s['num_pairs']} pairs in {s['seq_len']} "
              f"tokens, vocab {s['vocab_size']}, {s['num_train']} train / {s['num_test']} test sequences; "
              f"{lr_text}; AdamW, {_schedule_text(s)}, weight decay {s['weight_decay']:g}, batch "
-             f"{s['batch_size']}, {s['steps']} steps. Seeds: {meta['seeds']}.", "",
+             f"{s['batch_size']}, {s['steps']} steps{_compile_text(s)}. Seeds: {meta['seeds']}.", "",
              f"Layout: {_layout_text(s)}.", "",
              f"Plateau: a model that answers with one of the listed values without the key-value association "
              f"scores {plateau:.3f} ({_plateau_text(s)}). A row whose mean is within {PLATEAU_TOLERANCE} of "
@@ -534,7 +540,7 @@ def job_devices(device, count):
 def _without_lr(setting_dict):
     # files written before `schedule` / `layout` / `state_budget` existed were all cosine runs on the "shown"
     # layout at issue 12's sizes
-    defaults = {"schedule": "cosine", "layout": "shown", "state_budget": 0}
+    defaults = {"schedule": "cosine", "layout": "shown", "state_budget": 0, "compile": ""}
     return {k: v for k, v in {**defaults, **setting_dict}.items() if k != "lr"}
 
 
@@ -707,6 +713,8 @@ def add_setting_arguments(p, defaults):
                    help="AdamW weight decay of matrices, embeddings and head included")
     p.add_argument("--num-train", type=int, default=defaults.num_train, help="training sequences per seed")
     p.add_argument("--num-test", type=int, default=defaults.num_test, help="test sequences per seed")
+    p.add_argument("--compile", default=defaults.compile, choices=mqar.COMPILE_BACKENDS,
+                   help="train through torch.compile with this backend (default: eager; 'inductor' on a GPU)")
 
 
 def setting_from_args(ns, lr):
@@ -715,9 +723,10 @@ def setting_from_args(ns, lr):
     setting = replace(ParitySetting(), steps=ns.steps, lr=lr, batch_size=ns.batch_size,
                       num_train=ns.num_train, num_test=ns.num_test, schedule=ns.schedule, warmup=ns.warmup,
                       weight_decay=ns.weight_decay, layout=ns.layout, seq_len=ns.seq_len, num_pairs=ns.pairs,
-                      vocab_size=ns.vocab_size, state_budget=ns.state_budget)
+                      vocab_size=ns.vocab_size, state_budget=ns.state_budget, compile=ns.compile)
     mqar.TrainArgs(steps=setting.steps, lr=setting.lr, batch_size=setting.batch_size,
-                   schedule=setting.schedule, warmup=setting.warmup, weight_decay=setting.weight_decay)
+                   schedule=setting.schedule, warmup=setting.warmup, weight_decay=setting.weight_decay,
+                   compile=setting.compile)
     mqar_task(setting)
     if isinstance(setting.state_budget, bool) or setting.state_budget < 0:
         raise ValueError(f"state_budget must be an integer >= 0 (0: issue 12's sizes), "

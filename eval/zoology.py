@@ -276,7 +276,8 @@ def markdown(summary, meta):
              f"{s['head_dim']}, SSM heads of {s['ssm_head_dim']} (expand {s['ssm_expand']}); each row sized "
              "to its group's budget by `mqar.budget_overrides`.",
              f"Training: AdamW, {parity._schedule_text(s)}, weight decay {s['weight_decay']:g}, batch "
-             f"{s['batch_size']}, {s['steps']} steps. Learning rates swept at seed {meta['seeds'][0]}: "
+             f"{s['batch_size']}, {s['steps']} steps{parity._compile_text(s)}. "
+             f"Learning rates swept at seed {meta['seeds'][0]}: "
              f"{', '.join(format(lr, 'g') for lr in lrs)}; seeds {meta['seeds']} at the best.",
              f"Plateau (answers one of the listed values without the association): "
              f"{meta['plateau_accuracy']:.3f}.", "",

@@ -141,6 +141,8 @@ def test_train_args_validation():
         mqar.TrainArgs(schedule="linear")
     with pytest.raises(ValueError, match="weight_decay"):
         mqar.TrainArgs(weight_decay=-0.1)
+    with pytest.raises(ValueError, match="compile.*inductor"):
+        mqar.TrainArgs(compile="max-autotune")
     with pytest.raises(ValueError, match="family"):
         mqar.budget_overrides("rnn", 512, bmojo.preset_config("tiny"))
 
@@ -200,6 +202,21 @@ def test_training_reproducible():
     assert la == lb
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert mqar.evaluate(a, test) == mqar.evaluate(b, test)
+
+
+def test_compiled_training_equals_eager():
+    """`compile` traces the forward and backward (aot_eager: the graphs Inductor would get, run by eager
+    kernels) and must train the same weights as the eager loop."""
+    task = _task(vocab_size=32, num_pairs=4)
+    train, _ = mqar.make_splits(task)
+    eager, compiled = _tiny_model(), _tiny_model()
+    torch._dynamo.reset()
+    losses_eager = mqar.train(eager, train, mqar.TrainArgs(steps=3, batch_size=8, progress=False))
+    losses_compiled = mqar.train(compiled, train,
+                                 mqar.TrainArgs(steps=3, batch_size=8, progress=False, compile="aot_eager"))
+    assert losses_compiled == pytest.approx(losses_eager, rel=1e-5)
+    for p, q in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
 
 
 def test_training_learns_above_chance():

@@ -35,6 +35,18 @@ def test_two_rows_one_seed_write_json_and_markdown(tmp_path, capsys):
     assert "[  1/2]" in printed and "[  2/2]" in printed and "ETA" in printed
 
 
+def test_compiled_run_records_its_backend_and_only_resumes_compiled_jobs(tmp_path, capsys):
+    argv = ["--rows", "full_attention", "--seeds", "0", *TINY, "--compile", "aot_eager", "--out", str(tmp_path)]
+    assert parity.main(argv) == 0
+    out = json.loads((tmp_path / "parity.json").read_text())
+    assert out["setting"]["compile"] == "aot_eager" and out["jobs"][0]["error"] is None
+    assert "trained through torch.compile (aot_eager)" in (tmp_path / "parity.md").read_text()
+    eager = ["--rows", "full_attention", "--seeds", "0", *TINY, "--resume", str(tmp_path / "parity.json"),
+             "--out", str(tmp_path / "eager")]
+    assert parity.main(eager) == 2  # an eager run must not average in compiled jobs silently
+    assert "only a run of the same setting can be resumed" in capsys.readouterr().err
+
+
 def test_unknown_row_raises_naming_the_allowed_rows(capsys):
     with pytest.raises(ValueError, match=r"rows must be .* among \('hf-llama', 'hf-mamba2', .*'bmojo-f'"):
         parity.check_rows(["hf-llama", "llama"])
