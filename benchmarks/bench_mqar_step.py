@@ -72,8 +72,9 @@ def main():
                            first_call_s=max((t[0] for t in timings), default=None), ms_per_step=ms,
                            steps_per_s=procs * 1000 / ms if ms else None)
                 records.append(rec)
-                print(f"{row:>16} {rec['compile']:>9} x{procs:<3}", error or f"first {rec['first_call_s']:.1f} s, "
-                      f"{ms:.2f} ms/step, {rec['steps_per_s']:.0f} steps/s", flush=True)
+                what = error or (f"first {rec['first_call_s']:.1f} s, {ms:.2f} ms/step, "
+                                 f"{rec['steps_per_s']:.0f} steps/s")
+                print(f"{row:>16} {rec['compile']:>9} x{procs:<3}", what, flush=True)
     meta = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 torch=torch.__version__, setting=vars(ns), records=records)
