@@ -348,7 +348,7 @@ def run_job(row, seed, setting, device="cpu"):
             accuracy = mqar.evaluate(model, test_data)
         tail = losses[-20:]
         result.update(accuracy=accuracy, final_loss=sum(tail) / len(tail),
-                      train_seconds=round(train_seconds, 1))
+                      train_seconds=round(train_seconds, 1), loss_curve=loss_curve(losses))
     except Exception as err:  # one failing job must not end the run: its row says why
         result["error"] = f"{type(err).__name__}: {err}\n" + "".join(traceback.format_exc(limit=-3))
     result["seconds"] = round(time.time() - start, 1)
@@ -358,6 +358,14 @@ def run_job(row, seed, setting, device="cpu"):
 # ---------------------------------------------------------------------------------------------
 # Running the jobs and writing the results
 # ---------------------------------------------------------------------------------------------
+
+
+def loss_curve(losses, points=50):
+    """The training loss as `points` means of consecutive windows (fewer for a short run): when a job left
+    the plateau, or whether it was still falling at the end, is read from it."""
+    window = max(1, len(losses) // points)
+    return [round(sum(losses[i: i + window]) / len(losses[i: i + window]), 4)
+            for i in range(0, window * (len(losses) // window), window)]
 
 
 def _device_name(device):

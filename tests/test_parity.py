@@ -28,6 +28,8 @@ def test_two_rows_one_seed_write_json_and_markdown(tmp_path, capsys):
     assert jobs["mamba2-hf-like"]["config"]["intermediate_size"] == 0
     assert jobs["hf-llama"]["config"]["class"] == "LlamaForCausalLM"
     assert all(j["error"] is None and j["final_loss"] > 0 for j in out["jobs"])
+    # the loss curve: one mean per step at 20 steps (fewer steps than points), its tail the final loss
+    assert all(len(j["loss_curve"]) == 20 and j["loss_curve"][-1] > 0 for j in out["jobs"])
     md = (tmp_path / "parity.md").read_text()
     assert out["command"] in md and "| row | params | lr | mean | min | max | per seed |" in md
     assert md.count("\n| hf-llama |") == 1 and md.count("\n| mamba2-hf-like |") == 1
@@ -45,6 +47,12 @@ def test_compiled_run_records_its_backend_and_only_resumes_compiled_jobs(tmp_pat
              "--out", str(tmp_path / "eager")]
     assert parity.main(eager) == 2  # an eager run must not average in compiled jobs silently
     assert "only a run of the same setting can be resumed" in capsys.readouterr().err
+
+
+def test_loss_curve_is_window_means():
+    assert parity.loss_curve([4.0, 2.0, 3.0, 1.0], points=2) == [3.0, 2.0]
+    assert parity.loss_curve([1.0] * 3000) == [1.0] * 50
+    assert parity.loss_curve([]) == []
 
 
 def test_unknown_row_raises_naming_the_allowed_rows(capsys):
