@@ -43,8 +43,9 @@ def main():
     configs = {new: generation_config(args.model, new) for new in (args.new_tokens, 1)}
     if args.guard_filter:
         for config in configs.values():
-            config.compile_config = CompileConfig(
-                options={"guard_filter_fn": getattr(torch.compiler, args.guard_filter)})
+            # torch.compile takes a mode or options, not both: CUDA graphs ("reduce-overhead") as an option
+            config.compile_config = CompileConfig(mode=None, options={
+                "triton.cudagraphs": True, "guard_filter_fn": getattr(torch.compiler, args.guard_filter)})
     calls = {new: (lambda config: lambda: model.generate(ids, attention_mask=mask, generation_config=config))(
         config) for new, config in configs.items()}
     for call in calls.values():  # compiles and records the graphs for these shapes
