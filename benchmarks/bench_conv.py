@@ -1,7 +1,7 @@
 """The Mamba-2 mixer's causal depthwise conv1d + SiLU, forward and backward: ours (PyTorch's conv1d, eager
-and under torch.compile) against fla-core's Triton `causal_conv1d` (issue 11: use a library kernel where it
-is measured faster). Same inputs, one process; the relative error of each against ours in float32 is
-printed beside its time.
+and under torch.compile; our Triton kernel, kernels/conv/causal.py) against fla-core's Triton
+`causal_conv1d` (issue 11: use a library kernel where it is measured faster). Same inputs, one process;
+the relative error of each against ours in float32 is printed beside its time.
 
 Usage (GPU; fla-core optional, rows without it are skipped):
     python benchmarks/bench_conv.py [--shapes 8x2048,2x8192] [--channels 1024] [--out bench_conv.json]
@@ -20,6 +20,11 @@ def ours(x, weight, bias):
     seqlen = x.shape[1]
     return F.silu(F.conv1d(x.transpose(1, 2), weight, bias, padding=weight.shape[-1] - 1,
                            groups=x.shape[-1])[..., :seqlen].transpose(1, 2))
+
+
+def triton_conv(x, weight, bias):
+    from bmojo.kernels.conv.causal import causal_conv1d_silu_triton
+    return causal_conv1d_silu_triton(x, weight[:, 0], bias)
 
 
 def fla_conv(x, weight, bias):
@@ -61,7 +66,8 @@ def main():
     parser.add_argument("--width", type=int, default=4)
     parser.add_argument("--out", default="bench_conv.json")
     args = parser.parse_args()
-    rows = {"ours (eager)": ours, "ours (torch.compile)": torch.compile(ours)}
+    rows = {"ours (eager)": ours, "ours (torch.compile)": torch.compile(ours),
+            "ours (Triton, kernels/conv)": triton_conv}
     try:
         import fla  # noqa: F401
         rows["fla-core causal_conv1d (triton)"] = fla_conv
@@ -76,7 +82,8 @@ def main():
         w = (torch.randn(args.channels, 1, args.width, device="cuda", generator=gen) * 0.3).requires_grad_()
         b = torch.randn(args.channels, device="cuda", generator=gen).requires_grad_()
         grad = torch.randn(batch, seqlen, args.channels, device="cuda", generator=gen, dtype=torch.bfloat16)
-        w16, b16 = w.detach().to(torch.bfloat16).requires_grad_(), b.detach().to(torch.bfloat16).requires_grad_()
+        w16 = w.detach().to(torch.bfloat16).requires_grad_()
+        b16 = b.detach().to(torch.bfloat16).requires_grad_()
         for name, fn in rows.items():
             try:
                 ms = time_ms(fn, x, w16, b16, grad)
@@ -86,7 +93,8 @@ def main():
                 results.append(dict(shape=shape, row=name, error=f"{type(exc).__name__}: {exc}"[:500]))
                 continue
             print(f"{shape} C={args.channels} {name:>34}: fwd+bwd {ms:7.3f} ms, rel err (fp32) {err:.2e}")
-            results.append(dict(shape=shape, channels=args.channels, row=name, fwd_bwd_ms=ms, rel_err_fp32=err))
+            results.append(dict(shape=shape, channels=args.channels, row=name, fwd_bwd_ms=ms,
+                                rel_err_fp32=err))
     meta = dict(date=time.strftime("%Y-%m-%d"), device=torch.cuda.get_device_name(), torch=torch.__version__)
     with open(args.out, "w") as f:
         json.dump(dict(meta, results=results), f, indent=1)

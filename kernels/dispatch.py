@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from .conv.naive import causal_conv1d_silu_reference
 from .innovation.naive import decode_sets_step_
 from .memory_attention.naive import decode_attention_reference, memory_attention_chunked
 from .ssd.naive import ssd_chunked
@@ -66,6 +67,20 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, initial_state=None, output_fina
                                 output_final_state=output_final_state)
     return ssd_chunked(x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state,
                        output_final_state=output_final_state)
+
+
+# The Triton short convolution (conv/causal.py) is opt-in (BMOJO_CONV_KERNEL=1) until it is measured on a
+# GPU against the cuDNN path it replaces (benchmarks/bench_conv.py); its function is the reference's.
+CONV_KERNEL = os.environ.get("BMOJO_CONV_KERNEL", "0") == "1"
+
+
+def causal_conv1d_silu(x, weight, bias=None, use_kernels="auto"):
+    """silu(causal depthwise conv1d(x) + bias): x [B, T, C], weight [C, K], bias [C] -> [B, T, C]."""
+    if CONV_KERNEL and use_triton(x, use_kernels):
+        # imported here, not at the top: it imports triton, which CPU-only installs may lack
+        from .conv.causal import causal_conv1d_silu_triton
+        return causal_conv1d_silu_triton(x, weight, bias)
+    return causal_conv1d_silu_reference(x, weight, bias)
 
 
 def ssd_step(x, dt, A, B, C, state, D=None, use_kernels="auto"):

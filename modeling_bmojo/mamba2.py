@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration.configuration_bmojo import SSM_A_INITS
-from ..kernels.dispatch import ssd_scan, ssd_step
+from ..kernels.dispatch import causal_conv1d_silu, ssd_scan, ssd_step
 from .common import RMSNorm, gated_rms_norm, gather_last
 from .state import Mamba2State, copy_rows
 
@@ -100,7 +100,8 @@ class Mamba2Mixer(nn.Module):
         Writes the recurrent state at each row's length into `state` (a Mamba2State) when given."""
         seqlen = hidden.shape[1]
         z, xbc, dt = self._split(self.in_proj(hidden))
-        xbc_conv = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :seqlen].transpose(1, 2))  # (B, T, C)
+        xbc_conv = causal_conv1d_silu(xbc, self.conv1d.weight[:, 0], self.conv1d.bias,
+                                      use_kernels=self.use_kernels)  # (B, T, C)
         x, b, c = self._ssm_inputs(xbc_conv)
         real = torch.arange(seqlen, device=hidden.device)[None, :] < lengths[:, None]
         dt, A = self.discretisation(dt)

@@ -1,0 +1,3 @@
+from .naive import causal_conv1d_silu_reference
+
+__all__ = ["causal_conv1d_silu_reference"]
