@@ -289,7 +289,10 @@ def train(model, data, args=None, desc="mqar"):
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(out.loss.detach())  # kept on the device: a float() a step would wait for the GPU
+        # Kept on the device (a float() a step would wait for the GPU), as a copy: HF Llama's detached loss kept
+        # about 12 MB per step alive on CPU (its 100th step at 1.9 GB against 1.0 GB with the copy; 256 tokens,
+        # batch 64), so a 12,000-step CPU run was killed for memory.
+        losses.append(out.loss.detach().clone())
         if hasattr(bar, "set_postfix") and len(losses) % 20 == 0:
             bar.set_postfix(loss=f"{float(torch.stack(losses[-20:]).mean()):.3f}")
     model.eval()
