@@ -43,15 +43,21 @@ def _preactivation(x_ptr, w_ptr, bias, t, c, c_ok, T, stride_t, stride_c, K: tl.
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, T, C, sxb, sxt, sxc,
-                HAS_BIAS: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+def _tile(b_ptr, C, HAS_BIAS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    """This program's (batch, time tile, times [BT], channels [BC], channel mask, bias [BC] float32)."""
     pid_b, pid_t, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t = pid_t * BT + tl.arange(0, BT)
     c = pid_c * BC + tl.arange(0, BC)
     c_ok = c < C
     bias = tl.zeros((BC,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    return pid_b, pid_t, pid_t * BT + tl.arange(0, BT), c, c_ok, bias
+
+
+@triton.jit
+def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, T, C, sxb, sxt, sxc,
+                HAS_BIAS: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    pid_b, pid_t, t, c, c_ok, bias = _tile(b_ptr, C, HAS_BIAS, BT, BC)
     p = _preactivation(x_ptr + pid_b * sxb, w_ptr, bias, t, c, c_ok, T, sxt, sxc, K)
     y = p * tl.sigmoid(p)
     out = y_ptr + pid_b * T * C + t[:, None] * C + c[None, :]
@@ -61,13 +67,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, T, C, sxb, sxt, sxc,
 @triton.jit
 def _bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, T, C, NT, sxb, sxt, sxc,
                 HAS_BIAS: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    pid_b, pid_t, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t = pid_t * BT + tl.arange(0, BT)
-    c = pid_c * BC + tl.arange(0, BC)
-    c_ok = c < C
-    bias = tl.zeros((BC,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    pid_b, pid_t, t, c, c_ok, bias = _tile(b_ptr, C, HAS_BIAS, BT, BC)
     x_row = x_ptr + pid_b * sxb
     dy_row = dy_ptr + pid_b * T * C
     part = (pid_b * NT + pid_t) * C  # this tile's row of the partial sums
