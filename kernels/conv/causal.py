@@ -51,7 +51,8 @@ def _tile(b_ptr, C, HAS_BIAS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     bias = tl.zeros((BC,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    return pid_b, pid_t, pid_t * BT + tl.arange(0, BT), c, c_ok, bias
+    # the batch index as int64: offsets past a row (b * T * C) can exceed 2^31 at long contexts and batches
+    return pid_b.to(tl.int64), pid_t, pid_t * BT + tl.arange(0, BT), c, c_ok, bias
 
 
 @triton.jit
