@@ -37,3 +37,22 @@ def test_a_module_command_runs_in_the_root():
                         "try:\n    runpy.run_module('bmojo.eval.mqar', run_name='__main__')\n"
                         "except SystemExit as e:\n    print('exit', e.code)")
     assert lines[-1] == "exit 0", lines[-5:]
+
+
+def test_every_package_folder_is_installed():
+    """setup.cfg lists the packages a wheel installs by name: a new sub-package left off the list imports from
+    the checkout (editable installs) and is missing from a built wheel (CI's wheel check failed on
+    `bmojo.kernels.conv`)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(os.path.join(ROOT, "setup.cfg"))
+    listed = set(config["options"]["packages"].split())
+    found = {"bmojo"}
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs
+                   if not d.startswith((".", "_")) and d not in ("tests", "benchmarks", "build")]
+        rel = os.path.relpath(folder, ROOT)
+        if rel != "." and "__init__.py" in files:
+            found.add("bmojo." + rel.replace(os.sep, "."))
+    assert found - listed == set(), f"package folders missing from setup.cfg's packages: {found - listed}"
