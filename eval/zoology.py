@@ -21,7 +21,8 @@ same setting are kept).
         --lrs 3e-4,1e-3,3e-3,1e-2 --seeds 0,1,2 --ablation bmojo-me0 --out zoology_results
 
 writes `results.json` (every job, the setting, command, device, date), `results.md` (per group: state floats,
-best lr, mean / min / max accuracy over the seeds, the sweep) and `zoology.png`, after every finished job.
+best lr, mean / min / max accuracy over the seeds, the sweep), `zoology.png` and `loss_curves.png` (each
+group's curves at its best lr), after every finished job.
 """
 
 import argparse
@@ -153,7 +154,7 @@ class Protocol:
 
 def run_zoology(groups, lrs, seeds, setting, device="cpu", workers=1, out_dir="zoology_results", command=None,
                 time_limit=None, resume=None, log=None, run_job=None):
-    """Runs the protocol for every group and writes results.json, results.md and zoology.png under `out_dir`
+    """Runs the protocol for every group and writes results.json, results.md and the plots under `out_dir`
     after each finished job. `time_limit` (seconds): no job starts after it (running ones finish; the rest
     can be run later with `resume`, an earlier results.json of the same setting). `run_job` replaces
     `parity.run_job` (tests). Returns the per-group summary."""
@@ -331,6 +332,55 @@ def plot(summary, path, title=""):
     return path
 
 
+def loss_curve_panels(protocol):
+    """[(title, [(seed, loss curve)])]: per group with a known best learning rate, the recorded training-loss
+    curves (`parity.loss_curve`'s window means) of its seeds at that learning rate."""
+    panels = []
+    for group in protocol.groups.values():
+        best = protocol.best_lr(group)
+        runs = [protocol.done.get((group.name, best, s)) for s in protocol.seeds] if best else []
+        curves = [(r["seed"], r["loss_curve"]) for r in runs if r and r.get("loss_curve")]
+        if curves:
+            panels.append((f"{group.name}, lr {best:g}", curves))
+    return panels
+
+
+def plot_loss_curves(protocol, path, steps, title=""):
+    """One panel per group (`loss_curve_panels`), loss against step: it shows which rows left the plateau,
+    when, and whether a flat row was still falling at the end. Returns the path, or None (no matplotlib, no
+    curve)."""
+    panels = loss_curve_panels(protocol)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    if not panels:
+        return None
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, (name, curves) in zip(axes.flat, panels):
+        for seed, curve in curves:
+            window = max(1, steps // len(curve))  # each point: the mean of one window (parity.loss_curve)
+            ax.plot([window * (i + 0.5) for i in range(len(curve))], curve, label=f"seed {seed}")
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=6)
+    fig.supxlabel("step", fontsize=8)
+    fig.supylabel("training loss (window mean)", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_results(out_dir, protocol, meta):
     summary = protocol.summary()
     jobs = [protocol.done[k] for k in sorted(protocol.done, key=lambda k: (k[0], k[1], k[2]))]
@@ -341,6 +391,7 @@ def write_results(out_dir, protocol, meta):
     s = meta["setting"]
     title = f"MQAR, {s['num_pairs']} pairs in {s['seq_len']} tokens"
     plot(summary, os.path.join(out_dir, "zoology.png"), title)
+    plot_loss_curves(protocol, os.path.join(out_dir, "loss_curves.png"), s["steps"], title)
     return summary
 
 
@@ -358,7 +409,7 @@ def build_parser():
         prog="python -m bmojo.eval.zoology",
         description="MQAR accuracy against decoding-state size by Zoology's protocol (learning-rate "
                     "sweep, then seeds at the best), rows x state budgets; writes results.json, results.md, "
-                    "zoology.png.")
+                    "zoology.png, loss_curves.png.")
     p.add_argument("--rows", type=_names,
                    default=("bmojo", "bmojo-f", "mamba2", "sliding_attention", "hybrid"),
                    help="rows sized to every budget (parity.BUDGET_SPLIT; comma-separated)")
@@ -378,7 +429,7 @@ def build_parser():
     p.add_argument("--resume", default=None, metavar="RESULTS_JSON")
     p.add_argument("--out", default="zoology_results")
     p.add_argument("--replot", metavar="RESULTS_JSON",
-                   help="alone: rewrite results.md and zoology.png of a run")
+                   help="alone: rewrite results.md, zoology.png and loss_curves.png of a run")
     return p
 
 

@@ -141,5 +141,22 @@ def test_command_line_trains_real_models_and_replots(tmp_path, capsys):
     (tmp_path / "results.md").unlink()
     assert zoology.main(["--replot", str(tmp_path / "results.json")]) == 0
     assert "| bmojo@1024 | 1024 |" in (tmp_path / "results.md").read_text()
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "loss_curves.png").stat().st_size > 0
     assert zoology.main(argv[:4] + ["--lrs", "1e-3,1e-3"]) == 2
     assert "learning_rates must hold at least 4 distinct values" in capsys.readouterr().err
+
+
+def test_loss_curve_panels_show_every_seed_at_the_best_lr_only():
+    groups = zoology.plan_groups(("bmojo",), (1024,), ("hf-llama",))
+    protocol = zoology.Protocol(groups, LRS, (0, 1))
+    for lr in LRS:  # bmojo's sweep: 3e-3 is best; hf-llama's sweep is not finished (no best lr yet)
+        acc = 0.9 if lr == 3e-3 else 0.2
+        protocol.done[("bmojo@1024", lr, 0)] = dict(seed=0, lr=lr, accuracy=acc, final_loss=1 - acc,
+                                                    loss_curve=[5.0, lr])
+    protocol.done[("bmojo@1024", 3e-3, 1)] = dict(seed=1, lr=3e-3, accuracy=0.8, final_loss=0.2,
+                                                  loss_curve=[5.0, 0.5])
+    protocol.done[("hf-llama", 1e-3, 0)] = dict(seed=0, lr=1e-3, accuracy=0.5, final_loss=0.5,
+                                                loss_curve=[5.0, 1.0])
+    expected = [("bmojo@1024, lr 0.003", [(0, [5.0, 3e-3]), (1, [5.0, 0.5])])]
+    assert zoology.loss_curve_panels(protocol) == expected
