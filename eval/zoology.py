@@ -303,10 +303,8 @@ def markdown(summary, meta):
     return "\n".join(lines) + "\n"
 
 
-def plot(summary, path, title=""):
-    """Mean accuracy (bars: min to max over the seeds) against state floats per layer, one line per row.
-    Returns the path, or None without matplotlib or without any finished group."""
-    points = [r for r in summary if r["mean"] is not None and r["state_floats"]]
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None where matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -314,7 +312,15 @@ def plot(summary, path, title=""):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    if not points:
+    return plt
+
+
+def plot(summary, path, title=""):
+    """Mean accuracy (bars: min to max over the seeds) against state floats per layer, one line per row.
+    Returns the path, or None without matplotlib or without any finished group."""
+    points = [r for r in summary if r["mean"] is not None and r["state_floats"]]
+    plt = _pyplot()
+    if plt is None or not points:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in dict.fromkeys(r["row"] for r in points):
@@ -350,14 +356,8 @@ def plot_loss_curves(protocol, path, steps, title=""):
     when, and whether a flat row was still falling at the end. Returns the path, or None (no matplotlib, no
     curve)."""
     panels = loss_curve_panels(protocol)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    if not panels:
+    plt = _pyplot()
+    if plt is None or not panels:
         return None
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
