@@ -12,14 +12,13 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 
 
 def ours(x, weight, bias):
-    """x [B, T, C], weight [C, 1, W] -> silu(causal depthwise conv) [B, T, C], as Mamba2Mixer.forward."""
-    seqlen = x.shape[1]
-    return F.silu(F.conv1d(x.transpose(1, 2), weight, bias, padding=weight.shape[-1] - 1,
-                           groups=x.shape[-1])[..., :seqlen].transpose(1, 2))
+    """x [B, T, C], weight [C, 1, W] (nn.Conv1d's) -> silu(causal depthwise conv) [B, T, C]: the mixer's eager
+    path, kernels/conv/naive.py."""
+    from bmojo.kernels.conv.naive import causal_conv1d_silu_reference
+    return causal_conv1d_silu_reference(x, weight[:, 0], bias)
 
 
 def triton_conv(x, weight, bias):
