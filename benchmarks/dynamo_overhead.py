@@ -107,10 +107,14 @@ def main():
     torch.set_num_threads(1)
     rows = [measure(name, int(layers), args.calls)
             for layers in args.layers.split(",") for name in ("bmojo", "llama")]
+    ratios = {}
+    for bm, ll in zip(rows[::2], rows[1::2]):  # the two models at one layer count, measured in this run
+        ratios[f"bmojo_vs_llama_x{bm['layers']}"] = ratio = bm["all_guards_ms"] / ll["all_guards_ms"]
+        print(f"bmojo / llama at {bm['layers']} layers: {ratio:.2f}x dynamo's per-call cost")
     meta = dict(date=time.strftime("%Y-%m-%d"), cpu=platform.processor() or platform.machine(),
                 torch=torch.__version__)
     with open(args.out, "w") as f:
-        json.dump(dict(meta, rows=rows), f, indent=1)
+        json.dump(dict(meta, rows=rows, ratios=ratios), f, indent=1)
 
 
 if __name__ == "__main__":
