@@ -57,6 +57,7 @@ def main():
     print(f"{args.model}: {per_token_ms:.3f} ms per decoded token (batch {args.batch}, context "
           f"{args.context}), {args.batch * 1000 / per_token_ms:.0f} tok/s decode-only")
     breakdown(model, calls[args.new_tokens], args.new_tokens)
+    split_compiled_call(model, calls[args.new_tokens])
     profiler = cProfile.Profile()
     profiler.enable()
     calls[args.new_tokens]()
@@ -67,6 +68,11 @@ def main():
         pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(key).print_stats(args.rows)
         print(f"--- one generate() of {args.new_tokens} tokens under cProfile, by {key} ---")
         print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[:12000])
+    text = io.StringIO()  # what the compiled frames call (dynamo's frame for B'MOJO is a decorator's wrapper)
+    pstats.Stats(profiler, stream=text).strip_dirs().sort_stats("tottime").print_callees(
+        r"generic.py.*\(wrapper\)|_wrapped_call_impl")
+    print("--- callees of the compiled frames ---")
+    print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[:6000])
 
 
 def breakdown(model, call, new_tokens):
@@ -121,6 +127,52 @@ def breakdown(model, call, new_tokens):
           f"period {med(period):.3f} | host inside the compiled call {med(inside):.3f} | device from "
           f"before to after it {med(device):.3f} | waiting in the stop check {med(wait):.3f} | rest of the "
           f"loop {med(period) - med(inside) - med(wait):.3f}")
+
+
+def split_compiled_call(model, call):
+    """Host time per decode step in each layer under the compiled call, by wrapping them with timers:
+    Inductor's compiled graph (`CompiledFxGraph.__call__`), the CUDA-graph tree's run (input checks and
+    copies, replay, output reconstruction) and the replay alone. What the compiled call spends above
+    Inductor's graph is dynamo's frame (guards, argument collection) and AOT Autograd's runtime wrapper.
+    Only calls inside generate()'s compiled decode call count (the eager prefill runs compiled pieces too)."""
+    from torch._inductor import cudagraph_trees, output_code
+    targets = {"inductor graph": (output_code.CompiledFxGraph, "__call__"),
+               "cudagraph tree run": (cudagraph_trees.CUDAGraphTreeManager, "run"),
+               "graph replay": (cudagraph_trees.CUDAGraphNode, "run_graph")}
+    times = {name: [] for name in ["compiled call", *targets]}
+    originals, inside = {}, [False]
+
+    def timer(name, original, outer=False):
+        def wrapped(*a, **k):
+            if not (inside[0] or outer):
+                return original(*a, **k)
+            inside[0] = True
+            start = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                times[name].append(1000 * (time.perf_counter() - start))
+                inside[0] = not outer
+        return wrapped
+
+    compiled = getattr(model, "_compiled_call", None)
+    if compiled is None:
+        print("split: generate() made no compiled call; skipped")
+        return
+    model._compiled_call = timer("compiled call", compiled, outer=True)
+
+    for name, (cls, attr) in targets.items():
+        originals[name] = getattr(cls, attr)
+        setattr(cls, attr, timer(name, originals[name]))
+    try:
+        call()
+        torch.cuda.synchronize()
+    finally:
+        model._compiled_call = compiled
+        for name, (cls, attr) in targets.items():
+            setattr(cls, attr, originals[name])
+    print("host ms per call, median (calls): " + " | ".join(
+        f"{name} {statistics.median(ts):.3f} ({len(ts)})" for name, ts in times.items() if ts))
 
 
 if __name__ == "__main__":
