@@ -18,6 +18,9 @@ it: window ring w=512 (full), fading ring w + n_f = 1024 slots of which n_f = 51
 eidetic store of 512 (all valid, scored with the raw query), B in --batches, H=Hkv=12, D=64, bf16.
   - reference_compiled  decode_attention_reference under torch.compile (what the compiled step ran before)
   - triton              the bmojo::decode_attention op (launcher's default config), and a split sweep
+  with --sweep also every [BLOCK_N, splits, warps, stages, MODE, SKIP_MASKED] of DECODE_SWEEP (MODE 0:
+  fp32 broadcasts, 2: tensor-core dots on the bf16 operands; SKIP_MASKED 0: masked keys read anyway), and
+  the fastest config of each batch is printed
 Each is captured in a CUDA graph (as generate()'s compiled step is) and timed per call on the device, in
 us; GB/s counts the bytes that must be read (valid keys and values, queries, masks) and written.
 """
@@ -217,6 +220,9 @@ def sweep_configs(T):
 
 DECODE_LENGTHS = (W, W + NF, 512)  # window ring, fading ring (half of it the band), eidetic store
 DECODE_SPLITS = (1, 2, 4, 8, 16)
+DECODE_SWEEP = [[block_n, splits, warps, 3, mode, skip]
+                for mode in (0, 2) for skip in (1, 0) for block_n in (32, 64, 128) for warps in (4, 8)
+                for splits in (1, 2, 4, 8, 16)]
 
 
 def decode_segments(batch, dtype=torch.bfloat16, device="cuda"):
@@ -271,7 +277,7 @@ def graph_time_us(fn, calls=20, reps=7):
     return statistics.median(times)
 
 
-def run_decode(batch, peak_gbs):
+def run_decode(batch, peak_gbs, sweep=False):
     segments = decode_segments(batch)
     scale = D ** -0.5
     nbytes = decode_bytes(segments)
@@ -282,6 +288,9 @@ def run_decode(batch, peak_gbs):
     for splits in DECODE_SPLITS:
         variants[f"triton_splits{splits}"] = (
             lambda s=splits: decode_attention_triton(segments, scale, _config=[64, s, 4, 3]))
+    for config in DECODE_SWEEP if sweep else ():
+        variants["cfg" + "_".join(map(str, config))] = (
+            lambda c=config: decode_attention_triton(segments, scale, _config=c))
     with torch.no_grad():
         exact = decode_attention_reference([(q.float(), k.float(), v.float(), m) for q, k, v, m in segments],
                                            scale)
@@ -306,7 +315,7 @@ def main_decode(args):
                "shape": dict(H=H, Hkv=H, D=D, segments=list(DECODE_LENGTHS), band_valid=NF, dtype="bfloat16"),
                "timing": "device time per call, in a CUDA graph of 20 calls, median of 7 replays, us"}
     for batch in args.batches:
-        results[f"B{batch}"] = run_decode(batch, args.peak_gbs)
+        results[f"B{batch}"] = run_decode(batch, args.peak_gbs, args.sweep)
     with open(args.out, "w") as fh:
         json.dump(results, fh, indent=1)
     print(f"\ndecode attention, us per call (GB/s, fraction of {args.peak_gbs:.0f} GB/s)")
@@ -318,9 +327,13 @@ def main_decode(args):
                 continue
             if "error" in r:
                 print(f"   {name:22s} error {r['error'][:100]}")
-            else:
+            elif not name.startswith("cfg"):
                 print(f"   {name:22s} {r['us']:8.1f} us  {r['GB/s']:7.0f} GB/s  {r['of_peak']:5.2f}"
                       f"  rel err {r['rel_err_vs_fp32']:.1e}")
+        swept = sorted((r["us"], name, r["rel_err_vs_fp32"]) for name, r in row.items()
+                       if name.startswith("cfg") and "us" in r)
+        for us, name, err in swept[:8]:  # the fastest configs: [BLOCK_N, splits, warps, stages, MODE, SKIP]
+            print(f"   {name:22s} {us:8.1f} us  {row['bytes'] / us / 1e3:7.0f} GB/s  rel err {err:.1e}")
 
 
 def main():
@@ -328,7 +341,8 @@ def main():
     parser.add_argument("--out", default=None,
                         help="JSON results (default bench_memory_attention[_decode].json)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
-    parser.add_argument("--sweep", action="store_true", help="time tile configs at the last length")
+    parser.add_argument("--sweep", action="store_true",
+                        help="time tile configs at the last length (--decode: at every batch)")
     parser.add_argument("--decode", action="store_true",
                         help="time the single-token (decode) attention instead")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="--decode: batch sizes")

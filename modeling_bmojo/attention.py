@@ -126,6 +126,19 @@ class BMojoMixer(Attention):
     def fading_kv(self, f):
         return self.project_keys(f, self.kf_proj or self.k_proj, self.vf_proj or self.v_proj)
 
+    def project_step(self, hidden, f):
+        """One token per row: q, k, v of hidden [B, d] and the fading keys / values of f [B, d]. With tied
+        fading projections the two inputs go through k_proj and v_proj as one batch of 2B rows: one matmul
+        each instead of two, since a decode step is bound by its launches, not by these tiny products."""
+        if self.kf_proj is not None:
+            return (*self.project(hidden), *self.fading_kv(f))
+        q = self.q_proj(hidden).reshape(*hidden.shape[:-1], self.heads, self.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        keys, values = self.project_keys(torch.cat([hidden, f.to(hidden.dtype)]), self.k_proj, self.v_proj)
+        rows = hidden.shape[0]
+        return q, keys[:rows], values[:rows], keys[rows:], values[rows:]
+
     def forward(self, hidden, lengths, state=None):
         batch, seqlen, _ = hidden.shape
         f, _ = self.fading(hidden, lengths, None if state is None else state.fading)  # (B, T, d)
@@ -164,8 +177,7 @@ class BMojoMixer(Attention):
 
     def step(self, hidden, pos, valid, state):
         f = self.fading.step(hidden, pos, valid, state.fading)  # (B, d)
-        q, k, v = self.project(hidden)
-        kf, vf = self.fading_kv(f)
+        q, k, v, kf, vf = self.project_step(hidden, f)
         segments = []
         if self.eidetic:
             innovation = self.predictor(state.f_last[:, None], k[:, None])[:, 0]  # (B,)

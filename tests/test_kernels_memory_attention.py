@@ -283,6 +283,8 @@ DECODE_CASES = [  # B, H, Hkv, D, segment lengths, [BLOCK_N, splits, warps, stag
     (2, 2, 1, 24, (5, 21), [16, 2, 1, 1]),          # GQA G=2, D not a power of 2, two splits
     (2, 2, 2, 16, (5, 21, 9), [16, 1, 1, 1]),       # three segments, lengths not multiples of the tile
     (1, 4, 1, 16, (17, 33, 3), [16, 3, 1, 1]),      # G=4 (tl.dot path, rows padded to 16), three splits
+    (2, 2, 2, 16, (5, 21, 9), [16, 2, 1, 1, 1, 0]),  # G=1 through the fp32 dot, masked keys read anyway
+    (1, 4, 1, 16, (17, 33, 3), [16, 3, 1, 1, 0, 1]),  # G=4 through broadcasts
 ]
 
 
@@ -318,6 +320,26 @@ def test_interpreter_decode_bf16_strided_and_empty_rows():
     err = rel_err(out, ref)
     print(f"\ndecode bf16 rel err {err:.1e}")
     assert out.dtype == torch.bfloat16 and not out[1].any() and err < 1e-2
+
+
+@on_interpreter
+@pytest.mark.parametrize("skip_masked", [1, 0])
+@pytest.mark.parametrize("group", [1, 4])
+def test_interpreter_decode_native_dot(group, skip_masked):
+    """DOT_NATIVE (tensor-core dots on the 16-bit keys and values, softmax weights rounded to that dtype)
+    against the float64 reference, with masked keys skipped or read; on float32 inputs the launcher falls
+    back to the exact fp32 dot, which must then match to fp32 precision. float16 here: Triton 3.9's
+    interpreter multiplies bfloat16 dot operands as raw bits (the GPU cases below run bf16)."""
+    from bmojo.kernels.memory_attention.decode import DOT_NATIVE
+    config = [16, 2, 1, 1, DOT_NATIVE, skip_masked]
+    for dtype, tol in ((torch.float16, 1e-2), (torch.float32, 1e-5)):
+        segments = decode_segments(2, 4, 4 // group, 16, (9, 21, 5), dtype=dtype)
+        segments[1][3][0, ::2] = False
+        out = decode_attention_triton(segments, 0.25, _config=config)
+        ref = decode_attention_reference(as_dtype(segments, torch.float64), 0.25)
+        err = rel_err(out, ref)
+        print(f"\ndecode native dot G={group} {dtype} rel err {err:.1e}")
+        assert out.dtype == dtype and err < tol
 
 
 @on_interpreter
@@ -377,6 +399,9 @@ DECODE_GPU_CASES = [  # B, H, Hkv, lengths, config (None: the launcher's default
     (16, 12, 12, (512, 1024, 512), None),
     (1, 12, 12, (512, 1024, 512), None),        # small batch: split + merge
     (16, 12, 12, (512, 1024, 512), [64, 4, 4, 3]),
+    (16, 12, 12, (512, 1024, 512), [64, 4, 4, 3, 2, 0]),  # tensor-core dots (bf16), masked keys read
+    (1, 12, 12, (512, 1024, 512), [64, 16, 4, 3, 2, 1]),
+    (3, 12, 4, (512, 1000, 37), [32, 4, 4, 3, 2, 1]),
     (3, 12, 4, (512, 1000, 37), None),          # GQA G=3 (tl.dot path), ragged lengths
     (2, 8, 8, (300,), None),                    # one segment
 ]

@@ -41,38 +41,61 @@ MAX_SEGMENTS = 3
 # kernels
 # ----------------------------------------------------------------------------------------------------
 
+# How a program scores its keys and sums their values (the MODE constexpr; the kernel compares the
+# numbers, since a jit function reads no Python globals):
+BROADCAST = 0  # fp32 broadcast products and reductions (one or two query rows per kv head)
+DOT_FP32 = 1  # tl.dot on fp32 operands, exact ("ieee"; no tensor-core speed-up)
+DOT_NATIVE = 2  # tl.dot on the 16-bit keys and values as stored (tensor cores, fp32 accumulation), with the
+#                 softmax weights rounded to that dtype for the second product, as flash attention does
+
+
 @triton.jit
 def _segment_tiles(acc, m_i, l_i, Q, K, V, MASK, b, kvh, G,
                    s_qb, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_mb, s_ms,
                    S, tile_lo, tile_hi, qk_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr):
+                   BLOCK_D: tl.constexpr, MODE: tl.constexpr, SKIP_MASKED: tl.constexpr):
     """Online softmax over key tiles [tile_lo, tile_hi) of one segment, for the G query heads of kv head
-    `kvh` of row `b`. acc [BG, BD], m_i / l_i [BG] (base-2 units)."""
+    `kvh` of row `b`. acc [BG, BD], m_i / l_i [BG] (base-2 units). SKIP_MASKED: masked keys are not read
+    from memory (their loads are predicated on the mask, which makes them wait for it); else every key in
+    range is read and masked in the scores."""
     offs_g = tl.arange(0, BLOCK_G)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < HEAD_DIM
     q_ptrs = Q + b * s_qb + (kvh * G + offs_g)[:, None] * s_qh + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=(offs_g < G)[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+    q = tl.load(q_ptrs, mask=(offs_g < G)[:, None] & dmask[None, :], other=0.0)
+    if MODE != 2:  # not DOT_NATIVE
+        q = q.to(tl.float32)
     k_base = K + b * s_kb + kvh * s_kh
     v_base = V + b * s_vb + kvh * s_vh
     for t in range(tile_lo, tile_hi):
         idx = t * BLOCK_N + offs_n
         ok = tl.load(MASK + b * s_mb + idx * s_ms, mask=idx < S, other=0) != 0  # (BN,)
-        kv_mask = ok[:, None] & dmask[None, :]  # masked keys are never read from memory
-        k = tl.load(k_base + idx[:, None] * s_ks + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
-        v = tl.load(v_base + idx[:, None] * s_vs + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
-        if USE_DOT:  # G padded to >= 16 rows: the tensor cores (fp32 in, exact)
+        if SKIP_MASKED:
+            kv_mask = ok[:, None] & dmask[None, :]
+        else:
+            kv_mask = (idx < S)[:, None] & dmask[None, :]
+        k = tl.load(k_base + idx[:, None] * s_ks + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + idx[:, None] * s_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+        if MODE == 2:  # DOT_NATIVE
+            s = tl.dot(q, tl.trans(k))
+        elif MODE == 1:  # DOT_FP32; G padded to >= 16 rows
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:  # one or two query rows: a broadcast product and a reduction over D
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
             s = tl.sum(q[:, None, :] * k[None, :, :], 2)  # (BG, BN)
         s = tl.where(ok[None, :], s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])  # 0 at masked keys: m_new is finite
         l_i = l_i * alpha + tl.sum(p, 1)
-        if USE_DOT:
+        if MODE == 2:
+            pv = tl.dot(p.to(v.dtype), v)
+        elif MODE == 1:
             pv = tl.dot(p, v, input_precision="ieee")
         else:
             pv = tl.sum(p[:, :, None] * v[None, :, :], 1)  # (BG, BD)
@@ -96,8 +119,8 @@ def _decode_kernel(Q0, K0, V0, M0, Q1, K1, V1, M1, Q2, K2, V2, M2, Out, PM, PL, 
                    s2_qb, s2_qh, s2_kb, s2_ks, s2_kh, s2_vb, s2_vs, s2_vh, s2_mb, s2_ms,
                    S0, S1, S2, s_ob, s_oh, H, HKV, G, splits, tiles_per_split, scale,
                    HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr, NUM_SEGMENTS: tl.constexpr, USE_DOT: tl.constexpr,
-                   PARTIAL: tl.constexpr):
+                   BLOCK_D: tl.constexpr, NUM_SEGMENTS: tl.constexpr, MODE: tl.constexpr,
+                   SKIP_MASKED: tl.constexpr, PARTIAL: tl.constexpr):
     # Inductor passes Python floats to user kernels as fp64 scalars; fp64 * fp32 would turn the fp32
     # accumulators into fp64 (a Triton compile error in a loop), so fix the type here
     scale = tl.cast(scale, tl.float32)
@@ -118,19 +141,21 @@ def _decode_kernel(Q0, K0, V0, M0, Q1, K1, V1, M1, Q2, K2, V2, M2, Out, PM, PL, 
     lo, hi = _tile_range(first, last, 0, tiles0)
     acc, m_i, l_i = _segment_tiles(acc, m_i, l_i, Q0, K0, V0, M0, b, kvh, G,
                                    s0_qb, s0_qh, s0_kb, s0_ks, s0_kh, s0_vb, s0_vs, s0_vh, s0_mb, s0_ms,
-                                   S0, lo, hi, qk_scale, HEAD_DIM, BLOCK_G, BLOCK_N, BLOCK_D, USE_DOT)
+                                   S0, lo, hi, qk_scale, HEAD_DIM, BLOCK_G, BLOCK_N, BLOCK_D,
+                                   MODE, SKIP_MASKED)
     if NUM_SEGMENTS >= 2:
         tiles1 = tl.cdiv(S1, BLOCK_N)
         lo, hi = _tile_range(first, last, tiles0, tiles1)
         acc, m_i, l_i = _segment_tiles(acc, m_i, l_i, Q1, K1, V1, M1, b, kvh, G,
                                        s1_qb, s1_qh, s1_kb, s1_ks, s1_kh, s1_vb, s1_vs, s1_vh, s1_mb, s1_ms,
-                                       S1, lo, hi, qk_scale, HEAD_DIM, BLOCK_G, BLOCK_N, BLOCK_D, USE_DOT)
+                                       S1, lo, hi, qk_scale, HEAD_DIM, BLOCK_G, BLOCK_N, BLOCK_D,
+                                       MODE, SKIP_MASKED)
         if NUM_SEGMENTS >= 3:
             lo, hi = _tile_range(first, last, tiles0 + tiles1, tl.cdiv(S2, BLOCK_N))
             acc, m_i, l_i = _segment_tiles(acc, m_i, l_i, Q2, K2, V2, M2, b, kvh, G,
                                            s2_qb, s2_qh, s2_kb, s2_ks, s2_kh, s2_vb, s2_vs, s2_vh, s2_mb,
                                            s2_ms, S2, lo, hi, qk_scale, HEAD_DIM, BLOCK_G, BLOCK_N, BLOCK_D,
-                                           USE_DOT)
+                                           MODE, SKIP_MASKED)
 
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
@@ -179,27 +204,43 @@ def _sm_count(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def default_config(batch, kv_heads, group, lengths, device):
-    """[BLOCK_N, splits, num_warps, num_stages] for a launch. Splits: about four programs per SM (a power
-    of two) when B * Hkv alone gives fewer, and no split shorter than two tiles; one split (a single
-    launch) otherwise. Measured on an H200 (132 SMs, 12 KV heads, 2,048 keys): batch 1 is fastest at 16
-    splits, batch 16 at 4 (79.5 us against 97 us unsplit; benchmarks/results/
+def default_config(batch, kv_heads, group, lengths, device, dtype=torch.bfloat16):
+    """[BLOCK_N, splits, num_warps, num_stages, MODE, SKIP_MASKED] for a launch. Splits: about four programs
+    per SM (a power of two) when B * Hkv alone gives fewer, and no split shorter than two tiles; one split
+    (a single launch) otherwise. Measured on an H200 (132 SMs, 12 KV heads, 2,048 keys): batch 1 is fastest
+    at 16 splits, batch 16 at 4 (79.5 us against 97 us unsplit; benchmarks/results/
     bench_memory_attention_decode_h200_2026-12-02d.json). On CPU (the interpreter) the smallest tile
     keeps tests fast."""
+    mode = default_mode(group, dtype)
     if device.type != "cuda":
-        return [16, 1, 1, 1]
+        return [16, 1, 1, 1, mode, 1]
     block_n = 64 if group <= 2 else 32
     tiles = sum(triton.cdiv(n, block_n) for n in lengths)
     rows, sms = batch * kv_heads, _sm_count(device)
     wanted = triton.next_power_of_2(triton.cdiv(4 * sms, rows))
     splits = 1 if rows >= 4 * sms else max(1, min(wanted, tiles // 2, 64))
-    return [block_n, splits, 4, 3]
+    return [block_n, splits, 4, 3, mode, 1]
 
 
-def _block_g(group):
-    """Query rows a program holds: G as a power of 2; padded to 16 (tl.dot's minimum) past 2 rows."""
+def default_mode(group, dtype):
+    """Broadcast products for one or two query rows per kv head, exact fp32 dots past that."""
+    return BROADCAST if group <= 2 else DOT_FP32
+
+
+def _block_g(group, mode):
+    """Query rows a program holds: G as a power of 2; padded to 16 (tl.dot's minimum) for the dot modes."""
     g = triton.next_power_of_2(group)
-    return g if g <= 2 else max(16, g)
+    return g if mode == BROADCAST else max(16, g)
+
+
+def _full_config(config, batch, kv_heads, group, lengths, device, dtype):
+    """A caller's config (4 or 6 entries; [] for all defaults) completed with the defaults. DOT_NATIVE needs
+    16-bit operands (on fp32 ones tl.dot would round them to tf32): float32 inputs fall back to DOT_FP32."""
+    default = default_config(batch, kv_heads, group, lengths, device, dtype)
+    config = list(config) + default[len(config):]
+    if config[4] == DOT_NATIVE and dtype == torch.float32:
+        config[4] = DOT_FP32
+    return config
 
 
 def _strides(q, k, v, mask):
@@ -232,17 +273,17 @@ def _decode_attention_op(q0: Tensor, k0: Tensor, v0: Tensor, m0: Tensor,
                          ) -> Tensor:
     """o [B, H, D] (q0's dtype). Segment i is (qi [B, H, D], ki, vi [B, S_i, Hkv, D], mi [B, S_i] bool),
     with non-empty S_i; segment 1 is read iff q1 is given, segment 2 iff q1 and q2 are. Last dims must
-    have stride 1. config = [BLOCK_N, splits, num_warps, num_stages], or [] for `default_config`'s
-    (chosen here, not by the caller: under torch.compile this body is not traced by dynamo)."""
+    have stride 1. config = [BLOCK_N, splits, num_warps, num_stages(, MODE, SKIP_MASKED)], or [] for
+    `default_config`'s (chosen here, not by the caller: under torch.compile this body is not traced by
+    dynamo)."""
     segments = _segment_list(q0, k0, v0, m0, q1, k1, v1, m1, q2, k2, v2, m2)
     # Python ints: constexprs and launch settings must not be symbolic under dynamic shapes
     batch, heads, dim = (int(n) for n in q0.shape)
     kv_heads = int(k0.shape[2])
     group = heads // kv_heads
     lengths = [int(k.shape[1]) for _, k, _, _ in segments]
-    if not config:
-        config = default_config(batch, kv_heads, group, lengths, q0.device)
-    block_n, splits, warps, stages = config
+    block_n, splits, warps, stages, mode, skip_masked = _full_config(
+        config, batch, kv_heads, group, lengths, q0.device, k0.dtype)
     tiles = sum(triton.cdiv(n, block_n) for n in lengths)
     tiles_per_split = triton.cdiv(tiles, splits)
     splits = triton.cdiv(tiles, tiles_per_split)  # none empty
@@ -263,12 +304,12 @@ def _decode_attention_op(q0: Tensor, k0: Tensor, v0: Tensor, m0: Tensor,
     else:
         pm = pl = pacc = o  # never touched
     block_d = max(16, triton.next_power_of_2(dim))
-    block_g = _block_g(group)
+    block_g = _block_g(group, mode)
     launch(_decode_kernel)[(batch * kv_heads, splits)](
         *args, o, pm, pl, pacc, *strides, *lengths, o.stride(0), o.stride(1),
         heads, kv_heads, group, splits, tiles_per_split, scale,
         HEAD_DIM=dim, BLOCK_G=block_g, BLOCK_N=block_n, BLOCK_D=block_d, NUM_SEGMENTS=len(segments),
-        USE_DOT=block_g >= 16, PARTIAL=partial, num_warps=warps, num_stages=stages)
+        MODE=mode, SKIP_MASKED=bool(skip_masked), PARTIAL=partial, num_warps=warps, num_stages=stages)
     if partial:
         launch(_combine_kernel)[(batch * heads,)](
             pm, pl, pacc, o, o.stride(0), o.stride(1), heads, splits,
@@ -322,7 +363,8 @@ def decode_attention_triton(segments, scale, _config=None):
             segment is scored with its own query; H a multiple of Hkv (query head h reads kv head h // G).
             Any strides, except that the last dim is made contiguous if it is not.
         scale: the logit scale, 1/sqrt(D) for B'MOJO.
-        _config: private launch override [BLOCK_N, splits, num_warps, num_stages], for benchmarks/tests.
+        _config: private launch override [BLOCK_N, splits, num_warps, num_stages(, MODE, SKIP_MASKED)], for
+            benchmarks and tests.
 
     Returns:
         o: [B, H, D] in segment 0's q dtype, float32 accumulation; zeros for a row without a valid key.
