@@ -10,9 +10,12 @@ long-context inference", 2023): each program owns the G query heads of one kv he
 read once for its whole GQA group) and a share of the keys of every segment, which it streams in
 BLOCK_N tiles with an online softmax (base-2 exponent, running max started at a finite -1e30 so a row
 that met only masked keys stays NaN-free). Masked keys are not loaded (the mask predicates the loads).
+With 16-bit keys the two products are tensor-core dots on the operands as stored (query rows padded to
+16), with fp32 accumulation and the softmax weights rounded to the keys' dtype for the second one, as
+flash attention does; in float32 they are exact fp32 products (MODE below).
 
-  - one split (enough rows to fill the GPU: B * Hkv >= #SMs): each program writes its normalised
-    output; the whole step is ONE kernel launch.
+  - one split (enough rows to fill the GPU: B * Hkv at least twice the SMs): each program writes its
+    normalised output; the whole step is ONE kernel launch.
   - several splits (small batches): the programs of a row write their partial (max, sum, unnormalised
     output) to a float32 workspace and a second, tiny kernel merges them by log-sum-exp.
 
@@ -205,26 +208,38 @@ def _sm_count(device):
 
 
 def default_config(batch, kv_heads, group, lengths, device, dtype=torch.bfloat16):
-    """[BLOCK_N, splits, num_warps, num_stages, MODE, SKIP_MASKED] for a launch. Splits: about four programs
-    per SM (a power of two) when B * Hkv alone gives fewer, and no split shorter than two tiles; one split
-    (a single launch) otherwise. Measured on an H200 (132 SMs, 12 KV heads, 2,048 keys): batch 1 is fastest
-    at 16 splits, batch 16 at 4 (79.5 us against 97 us unsplit; benchmarks/results/
-    bench_memory_attention_decode_h200_2026-12-02d.json). On CPU (the interpreter) the smallest tile
-    keeps tests fast."""
-    mode = default_mode(group, dtype)
+    """[BLOCK_N, splits, num_warps, num_stages, MODE, SKIP_MASKED] for a launch.
+
+    On CUDA with 16-bit operands: tensor-core dots (DOT_NATIVE), 128-key tiles once B * Hkv fills the SMs
+    (64 below), and splits for about two programs per SM (a power of two, no split shorter than two tiles;
+    one split, a single launch, once B * Hkv alone gives that). Measured on an H200 (132 SMs, 12 KV heads,
+    D = 64, keys 512 + 512 of a 1,024-slot band + 512, bf16; benchmarks/results/
+    bench_memory_attention_decode_h200_2026-12-04.json): batch 16 takes 29.1 us at [128, 2] against 74.2 us
+    for the fp32 broadcasts this replaced, batch 1 7.7 us at [64, 16] against 9.0. float32 keeps the exact
+    fp32 paths at their earlier settings (about four programs per SM). On CPU (the interpreter, whose
+    bfloat16 dot is broken in Triton 3.9) the fp32 paths and the smallest tile, which keeps tests fast."""
     if device.type != "cuda":
-        return [16, 1, 1, 1, mode, 1]
-    block_n = 64 if group <= 2 else 32
-    tiles = sum(triton.cdiv(n, block_n) for n in lengths)
+        return [16, 1, 1, 1, _fp32_mode(group), 1]
+    mode = default_mode(group, dtype)
     rows, sms = batch * kv_heads, _sm_count(device)
-    wanted = triton.next_power_of_2(triton.cdiv(4 * sms, rows))
-    splits = 1 if rows >= 4 * sms else max(1, min(wanted, tiles // 2, 64))
+    if mode == DOT_NATIVE:
+        block_n, per_sm = (128 if rows >= sms else 64), 2
+    else:
+        block_n, per_sm = (64 if group <= 2 else 32), 4
+    tiles = sum(triton.cdiv(n, block_n) for n in lengths)
+    wanted = triton.next_power_of_2(triton.cdiv(per_sm * sms, rows))
+    splits = 1 if rows >= per_sm * sms else max(1, min(wanted, tiles // 2, 64))
     return [block_n, splits, 4, 3, mode, 1]
 
 
-def default_mode(group, dtype):
-    """Broadcast products for one or two query rows per kv head, exact fp32 dots past that."""
+def _fp32_mode(group):
     return BROADCAST if group <= 2 else DOT_FP32
+
+
+def default_mode(group, dtype):
+    """Tensor-core dots for 16-bit keys and values; for float32, broadcast products for one or two query
+    rows per kv head and exact fp32 dots past that."""
+    return DOT_NATIVE if dtype in (torch.bfloat16, torch.float16) else _fp32_mode(group)
 
 
 def _block_g(group, mode):
