@@ -340,6 +340,11 @@ def test_interpreter_decode_native_dot(group, skip_masked):
         err = rel_err(out, ref)
         print(f"\ndecode native dot G={group} {dtype} rel err {err:.1e}")
         assert out.dtype == dtype and err < tol
+    # mixed dtypes (fp16 queries, fp32 keys and values): the exact fp32 path, whatever the config asks
+    segments = [(q.half(), k, v, m) for q, k, v, m in decode_segments(2, 4, 4 // group, 16, (9, 21, 5))]
+    out = decode_attention_triton(segments, 0.25, _config=config)
+    ref = decode_attention_reference(as_dtype(segments, torch.float64), 0.25)
+    assert out.dtype == torch.float16 and rel_err(out, ref) < 1e-3
 
 
 @on_interpreter

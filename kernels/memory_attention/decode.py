@@ -248,13 +248,16 @@ def _block_g(group, mode):
     return g if mode == BROADCAST else max(16, g)
 
 
-def _full_config(config, batch, kv_heads, group, lengths, device, dtype):
+def _full_config(config, batch, kv_heads, group, lengths, device, dtypes):
     """A caller's config (4 or 6 entries; [] for all defaults) completed with the defaults. DOT_NATIVE needs
-    16-bit operands (on fp32 ones tl.dot would round them to tf32): float32 inputs fall back to DOT_FP32."""
-    default = default_config(batch, kv_heads, group, lengths, device, dtype)
+    q, k and v of every segment in one 16-bit dtype (tl.dot takes equal operand types, and would round fp32
+    ones to tf32): other inputs take the exact fp32 path instead."""
+    native = len(dtypes) == 1 and next(iter(dtypes)) in (torch.bfloat16, torch.float16)
+    default = default_config(batch, kv_heads, group, lengths, device,
+                             next(iter(dtypes)) if native else torch.float32)
     config = list(config) + default[len(config):]
-    if config[4] == DOT_NATIVE and dtype == torch.float32:
-        config[4] = DOT_FP32
+    if config[4] == DOT_NATIVE and not native:
+        config[4] = _fp32_mode(group)
     return config
 
 
@@ -297,8 +300,9 @@ def _decode_attention_op(q0: Tensor, k0: Tensor, v0: Tensor, m0: Tensor,
     kv_heads = int(k0.shape[2])
     group = heads // kv_heads
     lengths = [int(k.shape[1]) for _, k, _, _ in segments]
+    dtypes = {t.dtype for segment in segments for t in segment[:3]}
     block_n, splits, warps, stages, mode, skip_masked = _full_config(
-        config, batch, kv_heads, group, lengths, q0.device, k0.dtype)
+        config, batch, kv_heads, group, lengths, q0.device, dtypes)
     tiles = sum(triton.cdiv(n, block_n) for n in lengths)
     tiles_per_split = triton.cdiv(tiles, splits)
     splits = triton.cdiv(tiles, tiles_per_split)  # none empty
