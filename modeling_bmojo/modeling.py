@@ -95,8 +95,10 @@ def _parallel_layer_region(layer, hidden, lengths, state):
     return layer(hidden, lengths, state)
 
 
-# Opt-in for now: with Inductor (torch 2.13 CPU) a 4-layer B'MOJO training step compiled this way gave an
-# embedding gradient that differs from eager (aot_eager matches); until that is understood, off by default.
+# Opt-in: under Inductor (torch 2.13) a region called twice gets wrong gradients. The backward region writes
+# its input gradient into the buffer of its incoming gradient, which the caller then reuses (upstream
+# pytorch/pytorch#192840 / #193960; tests/test_compile.py::test_inductor_reused_parallel_region_gradients).
+# `torch._inductor.config.allow_buffer_reuse = False` avoids it, at a memory cost, for those who opt in.
 PARALLEL_REGIONS = os.environ.get("BMOJO_NESTED_COMPILE_PARALLEL", "0") == "1"
 
 

@@ -213,3 +213,27 @@ def test_rope_angles_of_sequences_are_one_opaque_op_under_compile():
         assert all(torch.equal(g, w) for g, w in zip(got, want))
         assert want[0].shape == (2, length, 1, 8)
         assert ("rope_cos_sin" in graphs[0]) == op_expected, graphs[0]
+
+
+def inductor_region_step(model, inputs):
+    return step(torch.compile(model, backend="inductor"), inputs)
+
+
+@needs_nested_regions
+@pytest.mark.skipif(DEFAULT_BACKEND != "inductor", reason="needs Inductor (a C++ compiler)")
+def test_inductor_reused_parallel_region_gradients(parallel_regions):
+    """Why the parallel form's regions stay opt-in. A region called twice (two layers of one kind) gets wrong
+    gradients under Inductor on torch 2.13: the backward region writes its input gradient into the buffer
+    of its incoming gradient, which the caller then reuses (upstream: pytorch/pytorch#192840, #193960,
+    "silently-wrong gradients from subgraphs inheriting bw_donated_idxs"). With Inductor's buffer reuse off
+    the step equals eager. When torch fixes it the last assertion fails: then turn PARALLEL_REGIONS on."""
+    model = training_model(num_hidden_layers=2, mixer_types=["full_attention"] * 2)
+    inputs = left_padded_batch()
+    eager = step(model, inputs)
+    with torch._inductor.config.patch(allow_buffer_reuse=False):
+        assert_steps_equal(eager, inductor_region_step(model, inputs))
+    torch._dynamo.reset()
+    _, _, grads = inductor_region_step(model, inputs)
+    wrong = [name for name in grads
+             if not torch.allclose(grads[name], eager[2][name], atol=1e-5, rtol=1e-4)]
+    assert wrong, "torch no longer corrupts reused regions' gradients: PARALLEL_REGIONS can be turned on"
