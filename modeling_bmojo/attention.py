@@ -45,12 +45,13 @@ class Attention(nn.Module):
             k = self.k_norm(k)
         return k, v_proj(x).reshape(*x.shape[:-1], self.kv_heads, self.head_dim)
 
-    def project(self, x):
+    def project_queries(self, x):
         q = self.q_proj(x).reshape(*x.shape[:-1], self.heads, self.head_dim)  # (B, T, H, D)
-        if self.q_norm is not None:
-            q = self.q_norm(q)
+        return q if self.q_norm is None else self.q_norm(q)
+
+    def project(self, x):
         k, v = self.project_keys(x, self.k_proj, self.v_proj)
-        return q, k, v
+        return self.project_queries(x), k, v
 
     def angles(self, positions):
         return rope_angles(positions, self.head_dim, self.rope_theta)
@@ -132,12 +133,9 @@ class BMojoMixer(Attention):
         each instead of two, since a decode step is bound by its launches, not by these tiny products."""
         if self.kf_proj is not None:
             return (*self.project(hidden), *self.fading_kv(f))
-        q = self.q_proj(hidden).reshape(*hidden.shape[:-1], self.heads, self.head_dim)
-        if self.q_norm is not None:
-            q = self.q_norm(q)
         keys, values = self.project_keys(torch.cat([hidden, f.to(hidden.dtype)]), self.k_proj, self.v_proj)
         rows = hidden.shape[0]
-        return q, keys[:rows], values[:rows], keys[rows:], values[rows:]
+        return self.project_queries(hidden), keys[:rows], values[:rows], keys[rows:], values[rows:]
 
     def forward(self, hidden, lengths, state=None):
         batch, seqlen, _ = hidden.shape
