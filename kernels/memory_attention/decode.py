@@ -81,15 +81,14 @@ def _segment_tiles(acc, m_i, l_i, Q, K, V, MASK, b, kvh, G,
             kv_mask = (idx < S)[:, None] & dmask[None, :]
         k = tl.load(k_base + idx[:, None] * s_ks + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + idx[:, None] * s_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+        if MODE != 2:  # the fp32 paths
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
         if MODE == 2:  # DOT_NATIVE
             s = tl.dot(q, tl.trans(k))
         elif MODE == 1:  # DOT_FP32; G padded to >= 16 rows
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:  # one or two query rows: a broadcast product and a reduction over D
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
             s = tl.sum(q[:, None, :] * k[None, :, :], 2)  # (BG, BN)
         s = tl.where(ok[None, :], s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
