@@ -1,8 +1,8 @@
 """Forward and forward+backward time of the Mamba-2 SSD scan: the Triton kernel against baselines.
 
-    python benchmarks/bench_ssd.py [--out results.json] [--lengths 2048]
+    python benchmarks/bench_ssd.py [--out results.json] [--lengths 2048] [--batch 8 --heads 24] [--sweep]
 
-Shape: B=8, H=24 heads, P=64 head dim, N=128 state, G=1 group, bf16 x/B/C, float32 dt/A/D (as the
+Shape: B=8, H=24 heads (--batch / --heads change them: a prefill is B=1 with the matched model's 12), P=64 head dim, N=128 state, G=1 group, bf16 x/B/C, float32 dt/A/D (as the
 model passes them). Implementations, all from the same run on the same inputs:
   - triton      kernels/ssd/chunk.py (its own chunk length 64; D and no initial state)
   - reference   kernels/ssd/naive.py ssd_chunked, the PyTorch path the model runs without kernels,
@@ -125,17 +125,25 @@ def run_length(T, results):
     results[str(T)] = row
 
 
-def sweep_configs(T):
-    """Kernel chunk length and tiles: time of each stage (states alone, forward, backward) per config."""
+def sweep_configs(T, states_only=False):
+    """Kernel chunk length and tiles: time of each stage (states alone, forward, backward) per config;
+    `states_only`: the default and the variants of the state walk (tiles, and Q = 128 with them)."""
     from bmojo.kernels.ssd import chunk as ssd_chunk
     x, dt, A, b, c, D = (t.detach() for t in make_inputs(T))
     dy = torch.randn_like(x)
     base = ssd_chunk._default_config(P, N)
-    states = [(32, 64, 4), (64, 32, 4), (32, 32, 4), (64, 128, 8), (64, 64, 8)]
+    # small tiles: more programs for the sequential walk over chunks when B * H is far below the SM count
+    states = [(32, 64, 4), (64, 32, 4), (32, 32, 4), (64, 128, 8), (64, 64, 8), (16, 32, 4), (16, 64, 4),
+              (32, 16, 4), (16, 16, 2)]
     variants = [{}] + [{"state": v} for v in states] \
         + [{"fwd": v} for v in [(32, 4), (64, 8), (16, 4)]] \
         + [{"bwd": v} for v in [(64, 8), (32, 4), (16, 4), (16, 8), (64, 4)]] \
-        + [{"Q": 128, "bwd": (16, 8), "fwd": (32, 8)}, {"Q": 32}, {"Q": 32, "bwd": (64, 4)}]
+        + [{"Q": 128, "bwd": (16, 8), "fwd": (32, 8)}, {"Q": 32}, {"Q": 32, "bwd": (64, 4)},
+           {"Q": 128, "bwd": (16, 8), "fwd": (32, 8), "state": (16, 32, 4)},
+           {"Q": 128, "bwd": (16, 8), "fwd": (32, 8), "state": (32, 32, 4)},
+           {"Q": 128, "bwd": (16, 8), "fwd": (16, 4), "state": (16, 64, 4)}]
+    if states_only:
+        variants = [v for v in variants if not v or "state" in v]
     out = {}
     for var in variants:
         cfg = {**base, **var}
@@ -153,11 +161,16 @@ def sweep_configs(T):
 
 
 def main():
+    global B, H  # the shape make_inputs builds
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="bench_ssd.json")
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048])
-    parser.add_argument("--sweep", action="store_true", help="time kernel configs at the first length")
+    parser.add_argument("--sweep", nargs="?", const="all", choices=["all", "states"],
+                        help="time kernel configs at the first length (states: the state walk's only)")
+    parser.add_argument("--batch", type=int, default=B)
+    parser.add_argument("--heads", type=int, default=H)
     args = parser.parse_args()
+    B, H = args.batch, args.heads
     torch.manual_seed(0)
     import triton
     try:
@@ -174,7 +187,7 @@ def main():
         run_length(T, results)
         print(json.dumps(results[str(T)], indent=1), flush=True)
     if args.sweep:
-        results["config_sweep_ms"] = sweep_configs(args.lengths[0])
+        results["config_sweep_ms"] = sweep_configs(args.lengths[0], args.sweep == "states")
     with open(args.out, "w") as fh:
         json.dump(results, fh, indent=1)
     names = ["triton", "reference_c128", "reference_c64", "fla", "fla_kernel"]

@@ -1,11 +1,15 @@
 """Where a training step spends its GPU time (torch.profiler, one step after warm-up), eager or compiled.
 
 Usage (GPU): python benchmarks/profile_train.py [--model bmojo-matched --batch 8 --length 2048] [--compile]
+`--prefill` profiles a prefill instead (no_grad, use_cache=True, logits_to_keep=1, as bench_model.py times
+it) and adds its wall time and the host's launches and synchronisations: an eager prefill that waits on
+its host shows wall time far above device time.
 `--compile` profiles `torch.compile(model, dynamic=False)` as benchmarks/bench_model.py measures it (the
 warm-up steps compile). `--dry-run`: tiny widths on CPU, to check the script (no device kernels there).
 """
 
 import argparse
+import time
 
 import torch
 from torch.autograd import DeviceType
@@ -33,27 +37,29 @@ def main():
     parser.add_argument("--model", default="bmojo", help="a name bench_model.build knows")
     parser.add_argument("--compile", action="store_true", help="profile torch.compile(model)")
     parser.add_argument("--dry-run", action="store_true", help="tiny widths on CPU")
+    parser.add_argument("--prefill", action="store_true", help="profile a prefill, not a training step")
     args = parser.parse_args()
     setup = Setup(args.dry_run)
-    model = build(args.model, setup).to(setup.device, setup.dtype).train()
+    model = build(args.model, setup).to(setup.device, setup.dtype).train(not args.prefill)
     if args.compile:
         model = torch.compile(model, dynamic=False)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=setup.device == "cuda")
     ids = torch.randint(0, setup.width["vocab_size"], (args.batch, args.length), device=setup.device)
     cuda = setup.device == "cuda"
-
-    def step():
-        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = prefill_step(model, ids) if args.prefill else train_step(model, ids, cuda)
 
     for _ in range(3):  # the first compiles (compiled model, fused_on_cuda helpers)
         step()
     if cuda:
         torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(5):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    wall_ms = 1000 * (time.perf_counter() - start) / 5
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        with record_function("train_step"):
+        with record_function("step"):
             step()
         if cuda:
             torch.cuda.synchronize()
@@ -80,6 +86,38 @@ def main():
     for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:60s} {ms:9.2f} ms  {100 * ms / total:5.1f}%")
     print(f"  {'total device time':60s} {total:9.2f} ms")
+    print(f"  {'wall time per call (mean of 5, unprofiled)':60s} {wall_ms:9.2f} ms")
+    print(f"  {'device kernels per call':60s} {sum(n for n in counts(prof, DeviceType.CUDA).values()):9d}")
+    host = counts(prof, DeviceType.CPU)
+    for name in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaMemcpyAsync",
+                 "cudaStreamSynchronize", "aten::_local_scalar_dense", "aten::nonzero"):
+        print(f"  {'host calls: ' + name:60s} {host.get(name, 0):9d}")
+
+
+def train_step(model, ids, cuda):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
+
+    def step():
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def prefill_step(model, ids):
+    @torch.no_grad()
+    def step():
+        model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    return step
+
+
+def counts(prof, device_type):
+    """How many events of each name ran on that side (device kernels, or host calls)."""
+    found = {}
+    for event in prof.events():
+        if event.device_type == device_type and not getattr(event, "is_user_annotation", False):
+            found[event.name] = found.get(event.name, 0) + 1
+    return found
 
 
 if __name__ == "__main__":

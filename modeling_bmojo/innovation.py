@@ -78,25 +78,30 @@ def select_rows(valid_row, new, old):
     return {name: where_rows(valid_row, new[name], old[name]) for name in new}
 
 
-def chunk_slice(x, chunk, fill):
-    """Row b's entry x[b, chunk[b]] (x [B, NC, ...]), or `fill` where chunk[b] is out of range."""
+def rows_at_chunks(x, chunks, fill):
+    """x [B, NC, S] at chunks [B, n] -> [B, n, S]; `fill` where a chunk is out of range."""
     nchunks = x.shape[1]
-    ok = (chunk >= 0) & (chunk < nchunks)
-    idx = chunk.clamp(0, nchunks - 1).reshape(-1, 1, *([1] * (x.dim() - 2))).expand(-1, 1, *x.shape[2:])
-    picked = torch.gather(x, 1, idx)[:, 0]
-    return where_rows(ok, picked, torch.full_like(picked, fill))
+    ok = (chunks >= 0) & (chunks < nchunks)
+    picked = torch.gather(x, 1, chunks.clamp(0, nchunks - 1)[..., None].expand(-1, -1, x.shape[2]))
+    return torch.where(ok[..., None], picked, fill)
 
 
 def sets_after_prefill(lengths, window, cands, stores, keys, values):
-    """The store, previous and current candidate sets a token-by-token run would hold after `lengths` tokens."""
-    last_chunk = torch.div(lengths - 1, window, rounding_mode="floor")
-    out = {}
-    for name, (s_all, p_all), chunk in (("store", stores, last_chunk), ("prev", cands, last_chunk - 1),
-                                        ("cur", cands, last_chunk)):
-        s = chunk_slice(s_all, chunk, float("-inf"))
-        p = chunk_slice(p_all, chunk, EMPTY).masked_fill(torch.isneginf(s), EMPTY)
-        out[name] = {"s": s, "p": p, "k": gather_tokens(keys, p), "v": gather_tokens(values, p)}
-    return out
+    """The store, previous and current candidate sets a token-by-token run would hold after `lengths` tokens.
+
+    The three sets are read and their keys gathered together (one gather each for keys and values), since
+    an eager prefill's cost is its number of launches."""
+    last = torch.div(lengths - 1, window, rounding_mode="floor")[:, None]  # (B, 1): the last chunk
+    cand_chunks = torch.cat([last - 1, last], dim=1)  # prev, cur
+    s = torch.cat([rows_at_chunks(stores[0], last, float("-inf")).flatten(1),
+                   rows_at_chunks(cands[0], cand_chunks, float("-inf")).flatten(1)], dim=1)
+    p = torch.cat([rows_at_chunks(stores[1], last, EMPTY).flatten(1),
+                   rows_at_chunks(cands[1], cand_chunks, EMPTY).flatten(1)], dim=1)
+    p = p.masked_fill(torch.isneginf(s), EMPTY)
+    k, v = gather_tokens(keys, p), gather_tokens(values, p)
+    sizes = [stores[0].shape[2], cands[0].shape[2], cands[0].shape[2]]
+    parts = [t.split(sizes, dim=1) for t in (s, p, k, v)]
+    return {name: dict(zip("spkv", (part[i] for part in parts))) for i, name in enumerate(SET_NAMES)}
 
 
 def step_sets(sets, token, at_boundary, valid, capacity, per_chunk):

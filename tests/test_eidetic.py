@@ -48,6 +48,10 @@ def test_store_equals_brute_force(length, window, per_chunk, capacity, levels, d
         got = [p for p in store_p[0, c].tolist() if p != EMPTY]
         assert got == stores[c], "padding must never enter the store" if any(not valid[p] for p in got) else ""
         assert store_s.shape[-1] == (capacity if capacity is not None else store_s.shape[-1])
+    # chunks in blocks (here of one or two chunks, as memory bounds them at long lengths): the same stores
+    for block_entries in (1, 2 * (capacity or store_s.shape[-1]) + 2 * per_chunk + 1):
+        blocked_s, blocked_p = eidetic_stores(cand_s, cand_p, capacity, block_entries=block_entries)
+        assert torch.equal(blocked_p, store_p) and torch.equal(blocked_s, store_s)
 
 
 @torch.no_grad()

@@ -136,3 +136,19 @@ def test_compiled_model_with_kernels_matches_eager_kernels():
     assert rel(c_logits, logits) < 1e-3
     assert all(err < 1e-3 for err in errors.values()), {n: e for n, e in errors.items() if e >= 1e-3}
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unaligned_in_proj_padded_for_inference(dtype):
+    """Mamba-2's in_proj of odd width (1,804 at the matched 130m preset) runs on CUDA without autograd as a
+    product with a weight padded to a multiple of 8: the same values as nn.Linear, a [.., 1804] view."""
+    config = bmojo.preset_config("bmojo-130m", ssm_expand=1, num_hidden_layers=1, vocab_size=1000)
+    mixer = bmojo.BMojoForCausalLM(config).cuda().to(dtype).model.layers[0].mixer.fading
+    assert mixer.in_proj.weight.shape[0] % 8  # the case the padding is for
+    hidden = torch.randn(2, 300, config.hidden_size, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        padded, plain = mixer._in_proj(hidden), mixer.in_proj(hidden)
+    assert padded.shape == plain.shape and padded.stride(-2) % 8 == 0
+    assert rel(padded, plain) < (1e-5 if dtype == torch.float32 else 1e-2)
+    with torch.enable_grad():  # with autograd: nn.Linear itself
+        assert mixer._in_proj(hidden).stride(-2) == plain.shape[-1]
