@@ -5,6 +5,10 @@ the relative error of each against ours in float32 is printed beside its time.
 
 Usage (GPU; fla-core optional, rows without it are skipped):
     python benchmarks/bench_conv.py [--shapes 8x2048,2x8192] [--channels 1024] [--out bench_conv.json]
+        [--fwd-shapes 1x2048,1x32768]
+
+--fwd-shapes: also the forward alone without autograd, as a prefill runs it, on the mixer's layout (the
+channels a slice of the wider in_proj output, so not contiguous): device time per call from CUDA events.
 """
 
 import argparse
@@ -46,6 +50,20 @@ def time_ms(fn, x, w, b, grad, reps=20):
     return 1000 * (time.perf_counter() - start) / reps
 
 
+def fwd_ms(fn, x, w, b, reps=20):
+    """Device time of one no-grad forward, ms: CUDA events around `reps` calls after 3 warm-up calls."""
+    with torch.no_grad():
+        for _ in range(3):
+            fn(x, w, b)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn(x, w, b)
+        end.record()
+        torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
 def rel_err(fn, x, w, b, grad):
     """Output and input-gradient errors in float32 against ours."""
     def run(f):
@@ -64,6 +82,7 @@ def main():
     parser.add_argument("--channels", type=int, default=1024)
     parser.add_argument("--width", type=int, default=4)
     parser.add_argument("--out", default="bench_conv.json")
+    parser.add_argument("--fwd-shapes", default="", help="e.g. 1x2048,1x32768: no-grad forward timings")
     args = parser.parse_args()
     rows = {"ours (eager)": ours, "ours (torch.compile)": torch.compile(ours),
             "ours (Triton, kernels/conv)": triton_conv}
@@ -73,7 +92,7 @@ def main():
     except ImportError as exc:
         print(f"fla-core not importable ({exc}): its row is skipped")
     results = []
-    for shape in args.shapes.split(","):
+    for shape in filter(None, args.shapes.split(",")):
         batch, seqlen = (int(n) for n in shape.split("x"))
         gen = torch.Generator(device="cuda").manual_seed(0)
         x = torch.randn(batch, seqlen, args.channels, device="cuda", generator=gen,
@@ -94,6 +113,26 @@ def main():
             print(f"{shape} C={args.channels} {name:>34}: fwd+bwd {ms:7.3f} ms, rel err (fp32) {err:.2e}")
             results.append(dict(shape=shape, channels=args.channels, row=name, fwd_bwd_ms=ms,
                                 rel_err_fp32=err))
+    for shape in filter(None, args.fwd_shapes.split(",")):
+        batch, seqlen = (int(n) for n in shape.split("x"))
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        wide = torch.randn(batch, seqlen, 2 * args.channels, device="cuda", generator=gen, dtype=torch.bfloat16)
+        x = wide[..., args.channels // 2:args.channels // 2 + args.channels]  # strided, as in the mixer
+        w = (torch.randn(args.channels, 1, args.width, device="cuda", generator=gen) * 0.3).to(torch.bfloat16)
+        b = torch.randn(args.channels, device="cuda", generator=gen).to(torch.bfloat16)
+        want = ours(x, w, b).float()
+        for name, fn in rows.items():
+            try:
+                ms = fwd_ms(fn, x, w, b)
+                with torch.no_grad():
+                    err = ((fn(x, w, b).float() - want).norm() / want.norm()).item()
+            except Exception as exc:
+                print(f"{shape} {name}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
+                results.append(dict(shape=shape, row=name, error=f"{type(exc).__name__}: {exc}"[:500]))
+                continue
+            print(f"{shape} C={args.channels} {name:>34}: no-grad fwd {ms:7.4f} ms, rel err vs eager {err:.2e}")
+            results.append(dict(shape=shape, channels=args.channels, row=name, nograd_fwd_ms=ms,
+                                rel_err_vs_eager_bf16=err, layout="strided slice"))
     meta = dict(date=time.strftime("%Y-%m-%d"), device=torch.cuda.get_device_name(), torch=torch.__version__)
     with open(args.out, "w") as f:
         json.dump(dict(meta, results=results), f, indent=1)

@@ -147,11 +147,12 @@ def sweep_configs(T, states_only=False):
     out = {}
     for var in variants:
         cfg = {**base, **var}
+        flat = ssd_chunk._flat_config(cfg)  # the ops take the flat list
         key = json.dumps(var)
         try:
             row = {"states_fwd": time_ms(lambda: ssd_chunk._states_fwd(x, dt, A, b, None, cfg))[0],
-                   "fwd": time_ms(lambda: ssd_chunk._ssd_fwd(x, dt, A, b, c, D, None, cfg))[0],
-                   "bwd": time_ms(lambda: ssd_chunk._ssd_bwd(dy, None, x, dt, A, b, c, D, None, cfg))[0]}
+                   "fwd": time_ms(lambda: ssd_chunk._ssd_fwd(x, dt, A, b, c, D, None, flat))[0],
+                   "bwd": time_ms(lambda: ssd_chunk._ssd_bwd(dy, None, x, dt, A, b, c, D, None, flat))[0]}
             out[key] = row
             print(f"{key:50s} " + " ".join(f"{k}={v:.3f}" for k, v in row.items()), flush=True)
         except Exception as exc:

@@ -69,14 +69,18 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, initial_state=None, output_fina
                        output_final_state=output_final_state)
 
 
-# The Triton short convolution (conv/causal.py) is opt-in (BMOJO_CONV_KERNEL=1) until it is measured on a
-# GPU against the cuDNN path it replaces (benchmarks/bench_conv.py); its function is the reference's.
+# The Triton short convolution (conv/causal.py) runs by default where no gradient is needed (a prefill): there
+# it reads the mixer's strided [B, T, C] layout directly, and its no-grad forward took 0.10 ms against aten's
+# 0.64 ms at 1 x 32k and 16 x 2k (H200, 1,024 channels, bf16; benchmarks/bench_conv.py --fwd-shapes,
+# 2026-12-04). With autograd it stays opt-in (BMOJO_CONV_KERNEL=1): forward + backward at the training
+# shapes it was 8-12% slower than aten (same bench, same date).
 CONV_KERNEL = os.environ.get("BMOJO_CONV_KERNEL", "0") == "1"
 
 
 def causal_conv1d_silu(x, weight, bias=None, use_kernels="auto"):
     """silu(causal depthwise conv1d(x) + bias): x [B, T, C], weight [C, K], bias [C] -> [B, T, C]."""
-    if CONV_KERNEL and use_triton(x, use_kernels):
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if (CONV_KERNEL or not needs_grad) and use_triton(x, use_kernels):
         # imported here, not at the top: it imports triton, which CPU-only installs may lack
         from .conv.causal import causal_conv1d_silu_triton
         return causal_conv1d_silu_triton(x, weight, bias)

@@ -70,7 +70,7 @@ class Attention(nn.Module):
         q_rot, k_rot = self.rope(q, angles), self.rope(k, angles)
         o = memory_attention(q_rot, k_rot, v, self.window, use_kernels=self.use_kernels)
         if state is not None:
-            state.window.fill(k_rot, v, lengths)
+            state.window.fill(k_rot, v, lengths, self.use_kernels)
         return self._out(o), hidden.new_zeros((), dtype=torch.float32)
 
     def new_state(self, batch, device, dtype, max_length):
@@ -152,17 +152,18 @@ class BMojoMixer(Attention):
             innovation = self.predictor(f_prev, k)  # (B, T)
             aux = (innovation * real).sum() / real.sum().clamp(min=1)
             ek, ev, e_valid, cands, stores = parallel_eidetic(
-                innovation.detach(), real, k, v, self.window, self.per_chunk, self.capacity)
+                innovation.detach(), real, k, v, self.window, self.per_chunk, self.capacity, self.use_kernels)
             extra = dict(q_raw=q, eidetic_keys=ek, eidetic_values=ev, eidetic_valid=e_valid)
         o = memory_attention(q_rot, k_rot, v, self.window, use_kernels=self.use_kernels, fading_keys=kf_rot,
                              fading_values=vf, fading_tokens=self.fading_tokens, **extra)
         if state is not None:
-            state.window.fill(k_rot, v, lengths)
-            state.band.fill(kf_rot, vf, lengths)
+            state.window.fill(k_rot, v, lengths, self.use_kernels)
+            state.band.fill(kf_rot, vf, lengths, self.use_kernels)
             state.f_last.copy_(f[torch.arange(batch, device=f.device), (lengths - 1).clamp(min=0)]
                                * (lengths > 0)[:, None])
             if self.eidetic:
-                prefilled = sets_after_prefill(lengths, self.window, cands, stores, k, v)
+                prefilled = sets_after_prefill(lengths, self.window, cands, stores, k, v,
+                                               use_kernels=self.use_kernels)
                 for name, token_set in state.sets().items():
                     token_set.assign(prefilled[name])
         return self._out(o), aux

@@ -8,10 +8,14 @@ Sets of tokens (the store, the previous and current chunk's candidates) are dict
 s [B, S] scores (-inf when empty), p [B, S] positions, k and v [B, S, Hkv, D].
 """
 
+import functools
+
 import torch
 from torch import nn
 
-from ..kernels.innovation.naive import EMPTY, chunk_candidates, eidetic_stores, innovation_scores, merge_sets
+from ..kernels.dispatch import fused_on_cuda
+from ..kernels.innovation.naive import (EMPTY, chunk_candidates, eidetic_stores, innovation_scores, merge_sets,
+                                        take_best)
 from .common import where_rows
 
 SET_NAMES = ("store", "prev", "cur")
@@ -39,15 +43,27 @@ def gather_tokens(x, pos):
     return out.reshape(*pos.shape, *x.shape[2:])
 
 
-def parallel_eidetic(scores, real, keys, values, window, per_chunk, capacity):
+# The parallel selection's pieces run on CUDA as compiled graphs (kernels/dispatch.py `fused_on_cuda`; the
+# same functions, eager elsewhere and inlined under an outer torch.compile). Eagerly they are ~150 tiny
+# launches per layer, and an eager 2k-token prefill waits on its host issuing them, not on the device.
+_take_best_fused = fused_on_cuda(take_best)
+
+
+@fused_on_cuda
+def _store_tokens(keys, values, store_s, store_p):
+    return gather_tokens(keys, store_p), gather_tokens(values, store_p), ~torch.isneginf(store_s)
+
+
+def parallel_eidetic(scores, real, keys, values, window, per_chunk, capacity, use_kernels="auto"):
     """Stores for every chunk from one sequence. scores/real [B, T]; keys/values [B, T, Hkv, D] (pre-RoPE).
 
     Returns (store keys [B, NC, M, Hkv, D], values, valid [B, NC, M], candidates (s, p) [B, NC, n_e],
     stores (s, p) [B, NC, M])."""
-    cand_s, cand_p = chunk_candidates(scores, real, window, per_chunk)
-    store_s, store_p = eidetic_stores(cand_s, cand_p, capacity)
-    return (gather_tokens(keys, store_p), gather_tokens(values, store_p), ~torch.isneginf(store_s),
-            (cand_s, cand_p), (store_s, store_p))
+    take = functools.partial(_take_best_fused, use_kernels=use_kernels)
+    cand_s, cand_p = chunk_candidates(scores, real, window, per_chunk, take=take)
+    store_s, store_p = eidetic_stores(cand_s, cand_p, capacity, take=take)
+    store_k, store_v, store_valid = _store_tokens(keys, values, store_s, store_p, use_kernels=use_kernels)
+    return store_k, store_v, store_valid, (cand_s, cand_p), (store_s, store_p)
 
 
 def empty_set(batch, size, like):
@@ -86,11 +102,12 @@ def rows_at_chunks(x, chunks, fill):
     return torch.where(ok[..., None], picked, fill)
 
 
+@fused_on_cuda
 def sets_after_prefill(lengths, window, cands, stores, keys, values):
     """The store, previous and current candidate sets a token-by-token run would hold after `lengths` tokens.
 
     The three sets are read and their keys gathered together (one gather each for keys and values), since
-    an eager prefill's cost is its number of launches."""
+    an eager prefill's cost is its number of launches (one compiled graph on CUDA)."""
     last = torch.div(lengths - 1, window, rounding_mode="floor")[:, None]  # (B, 1): the last chunk
     cand_chunks = torch.cat([last - 1, last], dim=1)  # prev, cur
     s = torch.cat([rows_at_chunks(stores[0], last, float("-inf")).flatten(1),

@@ -15,6 +15,7 @@ order of tokens: attention is a softmax over a set, and every key was rotated at
 
 import torch
 
+from ..kernels.dispatch import fused_on_cuda
 from ..kernels.innovation.naive import EMPTY
 
 _NO_TOKEN = -1
@@ -70,6 +71,15 @@ def gather_positions(x, pos):
     return out * (pos >= 0).reshape(*pos.shape, *([1] * (x.dim() - 2))).to(out.dtype)
 
 
+@fused_on_cuda
+def _fill_ring_(ring_k, ring_v, ring_pos, k, v, lengths):
+    """ring_* := the ring after a parallel pass over k, v [B, T, Hkv, D] (one compiled graph on CUDA)."""
+    pos = ring_positions(lengths, ring_pos.shape[1])
+    ring_k.copy_(gather_positions(k, pos))
+    ring_v.copy_(gather_positions(v, pos))
+    ring_pos.copy_(pos)
+
+
 def write_rows(buffer, slot, new, valid):
     """buffer[b, slot[b]] = new[b] where valid[b], in place. buffer [B, S, ...], slot [B], new [B, ...]."""
     rows = torch.arange(buffer.shape[0], device=buffer.device)
@@ -111,12 +121,9 @@ class KeyValueRing(State):
         self.v.zero_()
         self.pos.fill_(_NO_TOKEN)
 
-    def fill(self, k, v, lengths):
+    def fill(self, k, v, lengths, use_kernels="auto"):
         """From a parallel pass: k, v [B, T, Hkv, D] with each row's real tokens first."""
-        pos = ring_positions(lengths, self.size)
-        self.k.copy_(gather_positions(k, pos))
-        self.v.copy_(gather_positions(v, pos))
-        self.pos.copy_(pos)
+        _fill_ring_(self.k, self.v, self.pos, k, v, lengths, use_kernels=use_kernels)
 
     def push(self, k, v, pos, valid):
         """One token per row (k, v [B, Hkv, D] at positions pos [B]); rows where not valid keep their ring."""
@@ -129,7 +136,7 @@ class KeyValueRing(State):
 class FullKeyValues(KeyValueRing):
     """Every real token's rotated key and value, slot = position; grows (eagerly) past its capacity."""
 
-    def fill(self, k, v, lengths):
+    def fill(self, k, v, lengths, use_kernels="auto"):
         seqlen = k.shape[1]
         self.k[:, :seqlen] = k
         self.v[:, :seqlen] = v

@@ -93,8 +93,9 @@ def rank_topk(scores, pos, k):
     return torch.gather(best, -1, torch.argsort(best_pos, dim=-1, stable=True))
 
 
-def chunk_candidates(scores, valid, window, per_chunk):
-    """Each chunk's `per_chunk` best tokens. scores [B, T] float, valid [B, T] bool.
+def chunk_candidates(scores, valid, window, per_chunk, take=take_best):
+    """Each chunk's `per_chunk` best tokens. scores [B, T] float, valid [B, T] bool. `take`: `take_best` or a
+    function computing the same (the model passes a compiled one on CUDA).
 
     Returns (cand_scores [B, NC, n_e], cand_pos [B, NC, n_e]) with NC = ceil(T / w)."""
     batch, seqlen = scores.shape
@@ -104,7 +105,7 @@ def chunk_candidates(scores, valid, window, per_chunk):
     s = torch.nn.functional.pad(s, (0, pad), value=float("-inf")).reshape(batch, nchunks, window)
     pos = torch.arange(nchunks * window, device=scores.device).reshape(1, nchunks, window)
     pos = pos.expand(batch, -1, -1)
-    cand_scores, cand_pos, _, _ = take_best(s, pos, per_chunk)
+    cand_scores, cand_pos, _, _ = take(s, pos, per_chunk)
     return cand_scores, cand_pos
 
 
@@ -121,7 +122,7 @@ def merge_sets(scores_a, pos_a, scores_b, pos_b, k):
 _STORE_BLOCK_ENTRIES = 1 << 24
 
 
-def eidetic_stores(cand_scores, cand_pos, capacity, block_entries=_STORE_BLOCK_ENTRIES):
+def eidetic_stores(cand_scores, cand_pos, capacity, block_entries=_STORE_BLOCK_ENTRIES, take=take_best):
     """The store of every chunk. E_0 = E_1 = {}; E_c = best `capacity` of E_{c-1} and chunk c-2's candidates.
 
     capacity None keeps every candidate. Returns (store_scores, store_pos) [B, NC, M].
@@ -130,7 +131,8 @@ def eidetic_stores(cand_scores, cand_pos, capacity, block_entries=_STORE_BLOCK_E
     of chunks 0..c-2 (an entry left out of E_{c-1} has M better ones before it). Every chunk's store is
     then one masked selection over the flat candidate list, all chunks at once, instead of NC merges one
     after another (~20 launches each: ~1,300 per layer of an eager 32k-token prefill). To bound memory
-    (NC^2 n_e keys), chunks go in blocks: a block starts from the store of its first chunk."""
+    (NC^2 n_e keys), chunks go in blocks: a block starts from the store of its first chunk. `take` as in
+    `chunk_candidates`."""
     batch, nchunks, per_chunk = cand_scores.shape
     size = per_chunk * max(nchunks - 2, 0) if capacity is None else capacity
     if size == 0 or nchunks == 0:
@@ -152,7 +154,7 @@ def eidetic_stores(cand_scores, cand_pos, capacity, block_entries=_STORE_BLOCK_E
         s = torch.cat([base_s[:, None].expand(-1, len(stores), -1),
                        torch.where(eligible, new_s[:, None], float("-inf"))], dim=-1)
         p = torch.cat([base_p, new_p], dim=-1)[:, None].expand(-1, len(stores), -1)
-        store_s, store_p, _, _ = take_best(s, p, size)  # base then later candidates: position order
+        store_s, store_p, _, _ = take(s, p, size)  # base then later candidates: position order
         all_s.append(store_s[:, :c1 - c0])
         all_p.append(store_p[:, :c1 - c0])
         base_s, base_p = store_s[:, -1], store_p[:, -1]
