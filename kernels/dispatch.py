@@ -59,6 +59,27 @@ def fused_on_cuda(fn):
     return run
 
 
+# Opt-in (BMOJO_FUSED_PREFILL=1): the eager parallel form's eidetic selection and cache fills as compiled
+# graphs too (`fused_on_prefill`). On an H200 they cut an eager 1 x 2048 prefill from 92.6 to 73.6 ms
+# (3,868 -> 2,020 kernels), but compiling them made the first prefill of a process take 26.5 s instead of
+# a few (benchmarks/results/bench_prefill_h200_2026-12-04b.md): a cost an eager generate() user should not
+# meet unasked. Read once, at import.
+FUSED_PREFILL = os.environ.get("BMOJO_FUSED_PREFILL", "0") == "1"
+
+
+def fused_on_prefill(fn):
+    """`fused_on_cuda(fn)` when BMOJO_FUSED_PREFILL=1, else `fn` run eagerly; either way the wrapped function
+    takes the `use_kernels` keyword."""
+    if FUSED_PREFILL:
+        return fused_on_cuda(fn)
+
+    @functools.wraps(fn)
+    def run(*args, use_kernels="auto"):
+        return fn(*args)
+
+    return run
+
+
 def ssd_scan(x, dt, A, B, C, chunk_size, D=None, initial_state=None, output_final_state=False, use_kernels="auto"):
     if use_triton(x, use_kernels):
         # imported here, not at the top: it imports triton, which CPU-only installs may lack

@@ -15,7 +15,7 @@ order of tokens: attention is a softmax over a set, and every key was rotated at
 
 import torch
 
-from ..kernels.dispatch import fused_on_cuda
+from ..kernels.dispatch import fused_on_prefill
 from ..kernels.innovation.naive import EMPTY
 
 _NO_TOKEN = -1
@@ -71,9 +71,10 @@ def gather_positions(x, pos):
     return out * (pos >= 0).reshape(*pos.shape, *([1] * (x.dim() - 2))).to(out.dtype)
 
 
-@fused_on_cuda
+@fused_on_prefill
 def _fill_ring_(ring_k, ring_v, ring_pos, k, v, lengths):
-    """ring_* := the ring after a parallel pass over k, v [B, T, Hkv, D] (one compiled graph on CUDA)."""
+    """ring_* := the ring after a parallel pass over k, v [B, T, Hkv, D] (one compiled graph on CUDA with
+    BMOJO_FUSED_PREFILL=1)."""
     pos = ring_positions(lengths, ring_pos.shape[1])
     ring_k.copy_(gather_positions(k, pos))
     ring_v.copy_(gather_positions(v, pos))

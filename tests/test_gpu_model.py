@@ -154,11 +154,16 @@ def test_unaligned_in_proj_padded_for_inference(dtype):
         assert mixer._in_proj(hidden).stride(-2) == plain.shape[-1]
 
 
-def test_prefill_selection_compiled_on_cuda_equals_eager_cpu():
-    """The eidetic selection of a prefill runs on CUDA as compiled graphs (modeling_bmojo/innovation.py): the
-    same candidates, stores, store tokens and prefilled sets as the eager CPU path, ties and padding included,
-    for a bounded and an unbounded store."""
-    from bmojo.modeling_bmojo.innovation import parallel_eidetic, sets_after_prefill
+@pytest.mark.parametrize("compiled", [False, True])
+def test_prefill_selection_on_cuda_equals_eager_cpu(compiled, monkeypatch):
+    """The eidetic selection of a prefill on CUDA, eager (the default) and as the compiled graphs that
+    BMOJO_FUSED_PREFILL=1 selects (modeling_bmojo/innovation.py): the same candidates, stores, store tokens
+    and prefilled sets as the eager CPU path, ties and padding included, bounded and unbounded stores."""
+    from bmojo.kernels.dispatch import fused_on_cuda
+    from bmojo.modeling_bmojo import innovation
+    if compiled:
+        for name in ("_take_best_fused", "_store_tokens", "sets_after_prefill"):
+            monkeypatch.setattr(innovation, name, fused_on_cuda(getattr(innovation, name).__wrapped__))
     gen = torch.Generator().manual_seed(0)
     batch, seqlen, kv_heads, dim = 3, 700, 2, 16
     scores = torch.randint(0, 5, (batch, seqlen), generator=gen).float()  # few levels: ties
@@ -168,13 +173,14 @@ def test_prefill_selection_compiled_on_cuda_equals_eager_cpu():
     values = torch.randn(batch, seqlen, kv_heads, dim, generator=gen)
     cpu_in, cuda_in = (scores, real, keys, values), tuple(t.cuda() for t in (scores, real, keys, values))
     for window, per_chunk, capacity in [(64, 8, 32), (100, 4, None), (512, 32, 512)]:
-        want = parallel_eidetic(*cpu_in, window, per_chunk, capacity, use_kernels=False)
-        got = parallel_eidetic(*cuda_in, window, per_chunk, capacity, use_kernels="auto")
+        want = innovation.parallel_eidetic(*cpu_in, window, per_chunk, capacity, use_kernels=False)
+        got = innovation.parallel_eidetic(*cuda_in, window, per_chunk, capacity, use_kernels="auto")
         flat = lambda out: [*out[:3], *out[3], *out[4]]  # noqa: E731
         for a, b in zip(flat(got), flat(want)):
             assert torch.equal(a.cpu(), b)
-        sets_want = sets_after_prefill(lengths, window, want[3], want[4], keys, values, use_kernels=False)
-        sets_got = sets_after_prefill(lengths.cuda(), window, got[3], got[4], cuda_in[2], cuda_in[3])
+        sets_want = innovation.sets_after_prefill(lengths, window, want[3], want[4], keys, values,
+                                                  use_kernels=False)
+        sets_got = innovation.sets_after_prefill(lengths.cuda(), window, got[3], got[4], cuda_in[2], cuda_in[3])
         for name, tokens in sets_want.items():
             for field, t in tokens.items():
                 assert torch.equal(sets_got[name][field].cpu(), t), (name, field)
