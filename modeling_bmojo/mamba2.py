@@ -75,11 +75,12 @@ class Mamba2Mixer(nn.Module):
         self.use_kernels = config.use_kernels
 
     def _in_proj(self, hidden):
-        """in_proj(hidden). Its width (2 inner + 2 G N + heads: 1,804 at the matched 130m preset) is rarely a
-        multiple of 8, and cuBLAS then falls back to slow align-2 kernels (an H200 prefill of 32k tokens:
-        0.41 ms a layer). On CUDA, without autograd and outside torch.compile (which pads on its own),
-        the weight is padded with zero rows to a multiple of 8 and the product's extra columns are dropped
-        (a view): the same values, from aligned kernels, for one small copy of the weight."""
+        """in_proj(hidden) of the parallel form. Its width (2 inner + 2 G N + heads: 1,804 at the matched 130m
+        preset) is rarely a multiple of 8, and cuBLAS then falls back to slow align-2 kernels (an H200 prefill
+        of 32k tokens: 0.41 ms a layer). On CUDA, without autograd and outside torch.compile (which pads on
+        its own), the weight is padded with zero rows to a multiple of 8 and the product's extra columns are
+        dropped (a view): the same values, from aligned kernels, for one small copy of the weight. The
+        one-token step keeps nn.Linear: there the copy would be per token, for a product of B rows."""
         weight = self.in_proj.weight
         pad = -weight.shape[0] % 8
         if not pad or not hidden.is_cuda or torch.is_grad_enabled() or torch.compiler.is_compiling():
@@ -136,7 +137,7 @@ class Mamba2Mixer(nn.Module):
     def step(self, hidden, pos, valid, state):
         """One token per row: hidden [B, d], valid [B] bool. Updates `state` in place for valid rows only
         (`pos` is unused: the SSM has no positions; the argument keeps one signature for every mixer)."""
-        z, xbc, dt = self._split(self._in_proj(hidden))
+        z, xbc, dt = self._split(self.in_proj(hidden))
         window = torch.cat([state.conv, xbc[:, :, None].to(state.conv.dtype)], dim=-1)  # (B, C, k)
         conv = (window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias
         x, b, c = self._ssm_inputs(F.silu(conv).to(hidden.dtype))
