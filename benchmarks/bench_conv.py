@@ -116,7 +116,8 @@ def main():
     for shape in filter(None, args.fwd_shapes.split(",")):
         batch, seqlen = (int(n) for n in shape.split("x"))
         gen = torch.Generator(device="cuda").manual_seed(0)
-        wide = torch.randn(batch, seqlen, 2 * args.channels, device="cuda", generator=gen, dtype=torch.bfloat16)
+        wide = torch.randn(batch, seqlen, 2 * args.channels, device="cuda", generator=gen,
+                           dtype=torch.bfloat16)
         x = wide[..., args.channels // 2:args.channels // 2 + args.channels]  # strided, as in the mixer
         w = (torch.randn(args.channels, 1, args.width, device="cuda", generator=gen) * 0.3).to(torch.bfloat16)
         b = torch.randn(args.channels, device="cuda", generator=gen).to(torch.bfloat16)
@@ -130,7 +131,8 @@ def main():
                 print(f"{shape} {name}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
                 results.append(dict(shape=shape, row=name, error=f"{type(exc).__name__}: {exc}"[:500]))
                 continue
-            print(f"{shape} C={args.channels} {name:>34}: no-grad fwd {ms:7.4f} ms, rel err vs eager {err:.2e}")
+            print(f"{shape} C={args.channels} {name:>34}: no-grad fwd {ms:7.4f} ms, "
+                  f"rel err vs eager {err:.2e}")
             results.append(dict(shape=shape, channels=args.channels, row=name, nograd_fwd_ms=ms,
                                 rel_err_vs_eager_bf16=err, layout="strided slice"))
     meta = dict(date=time.strftime("%Y-%m-%d"), device=torch.cuda.get_device_name(), torch=torch.__version__)

@@ -2,8 +2,9 @@
 
     python benchmarks/bench_ssd.py [--out results.json] [--lengths 2048] [--batch 8 --heads 24] [--sweep]
 
-Shape: B=8, H=24 heads (--batch / --heads change them: a prefill is B=1 with the matched model's 12), P=64 head dim, N=128 state, G=1 group, bf16 x/B/C, float32 dt/A/D (as the
-model passes them). Implementations, all from the same run on the same inputs:
+Shape: B=8, H=24 heads (--batch / --heads change them: a prefill is B=1 with the matched model's 12), P=64
+head dim, N=128 state, G=1 group, bf16 x/B/C, float32 dt/A/D (as the model passes them). Implementations,
+all from the same run on the same inputs:
   - triton      kernels/ssd/chunk.py (its own chunk length 64; D and no initial state)
   - reference   kernels/ssd/naive.py ssd_chunked, the PyTorch path the model runs without kernels,
                 at chunk 128 (the model's default) and 64

@@ -39,7 +39,8 @@ def site(stack, inner):
                 return f"{os.path.basename(frame.filename)}:{frame.lineno} {frame.line[:70]}"
     if not frames:
         return "?"
-    return f"{os.path.relpath(os.path.realpath(frames[-1].filename), ROOT)}:{frames[-1].name}:{frames[-1].lineno}"
+    path = os.path.relpath(os.path.realpath(frames[-1].filename), ROOT)
+    return f"{path}:{frames[-1].name}:{frames[-1].lineno}"
 
 
 class CountOps(TorchDispatchMode):
@@ -101,7 +102,8 @@ def main():
             torch.cuda.synchronize()
         profiler.disable()
     total = sum(counter.sites.values())
-    print(f"{total} launching ops in a prefill of {args.batch} x {args.length} tokens, {args.layers} layer(s), "
+    print(f"{total} launching ops in a prefill of {args.batch} x {args.length} tokens, "
+          f"{args.layers} layer(s), "
           f"{device}")
     for key, n in counter.sites.most_common(args.rows):
         print(f"{n:6d}  {key}  {dict(counter.ops[key].most_common(5))}")

@@ -68,9 +68,8 @@ def main():
     # Device time of the kernels themselves (device events, not the CPU ops or annotations that launched
     # them, which would count each kernel twice; a compiled graph's kernels have no aten op above them).
     kernels = {}
-    for event in prof.events():
-        if event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False):
-            kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time_total / 1000
+    for event in events(prof, DeviceType.CUDA):
+        kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time_total / 1000
     total = sum(kernels.values())
     if not total:
         print("no device kernels were profiled (CPU run)")
@@ -87,8 +86,10 @@ def main():
         print(f"  {kind:60s} {ms:9.2f} ms  {100 * ms / total:5.1f}%")
     print(f"  {'total device time':60s} {total:9.2f} ms")
     print(f"  {'wall time per call (mean of 5, unprofiled)':60s} {wall_ms:9.2f} ms")
-    print(f"  {'device kernels per call':60s} {sum(n for n in counts(prof, DeviceType.CUDA).values()):9d}")
-    host = counts(prof, DeviceType.CPU)
+    print(f"  {'device kernels per call':60s} {sum(1 for _ in events(prof, DeviceType.CUDA)):9d}")
+    host = {}
+    for event in events(prof, DeviceType.CPU):
+        host[event.name] = host.get(event.name, 0) + 1
     for name in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaMemcpyAsync",
                  "cudaStreamSynchronize", "aten::_local_scalar_dense", "aten::nonzero"):
         print(f"  {'host calls: ' + name:60s} {host.get(name, 0):9d}")
@@ -111,13 +112,10 @@ def prefill_step(model, ids):
     return step
 
 
-def counts(prof, device_type):
-    """How many events of each name ran on that side (device kernels, or host calls)."""
-    found = {}
-    for event in prof.events():
-        if event.device_type == device_type and not getattr(event, "is_user_annotation", False):
-            found[event.name] = found.get(event.name, 0) + 1
-    return found
+def events(prof, device_type):
+    """The profiled events that ran on that side (device kernels, or host calls), annotations left out."""
+    return (event for event in prof.events()
+            if event.device_type == device_type and not getattr(event, "is_user_annotation", False))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..kernels.dispatch import fused_on_prefill
-from ..kernels.innovation.naive import (EMPTY, chunk_candidates, eidetic_stores, innovation_scores, merge_sets,
-                                        take_best)
+from ..kernels.innovation.naive import (EMPTY, chunk_candidates, eidetic_stores, innovation_scores,
+                                        merge_sets, take_best)
 from .common import where_rows
 
 SET_NAMES = ("store", "prev", "cur")
@@ -43,9 +43,10 @@ def gather_tokens(x, pos):
     return out.reshape(*pos.shape, *x.shape[2:])
 
 
-# With BMOJO_FUSED_PREFILL=1 the parallel selection's pieces run on CUDA as compiled graphs (kernels/dispatch.py
-# `fused_on_prefill`; the same functions, eager otherwise and inlined under an outer torch.compile). Eagerly
-# they are ~150 tiny launches per layer, and an eager 2k-token prefill waits on its host issuing them.
+# With BMOJO_FUSED_PREFILL=1 the parallel selection's pieces run on CUDA as compiled graphs
+# (kernels/dispatch.py `fused_on_prefill`; the same functions, eager otherwise and inlined under an outer
+# torch.compile). Eagerly they are ~150 tiny launches per layer, and an eager 2k-token prefill waits on its
+# host issuing them.
 _take_best_fused = fused_on_prefill(take_best)
 
 
@@ -107,7 +108,8 @@ def sets_after_prefill(lengths, window, cands, stores, keys, values):
     """The store, previous and current candidate sets a token-by-token run would hold after `lengths` tokens.
 
     The three sets are read and their keys gathered together (one gather each for keys and values), since
-    an eager prefill's cost is its number of launches (one compiled graph on CUDA with BMOJO_FUSED_PREFILL=1)."""
+    an eager prefill's cost is its number of launches (one compiled graph on CUDA with
+    BMOJO_FUSED_PREFILL=1)."""
     last = torch.div(lengths - 1, window, rounding_mode="floor")[:, None]  # (B, 1): the last chunk
     cand_chunks = torch.cat([last - 1, last], dim=1)  # prev, cur
     s = torch.cat([rows_at_chunks(stores[0], last, float("-inf")).flatten(1),

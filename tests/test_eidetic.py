@@ -130,7 +130,8 @@ def test_store_selection_launches_do_not_grow_with_chunks():
 
     def ops_for(nchunks, window=8, per_chunk=2):
         scores = torch.rand(2, nchunks * window, generator=torch.Generator().manual_seed(nchunks))
-        cand_s, cand_p = chunk_candidates(scores, torch.ones_like(scores, dtype=torch.bool), window, per_chunk)
+        valid = torch.ones_like(scores, dtype=torch.bool)
+        cand_s, cand_p = chunk_candidates(scores, valid, window, per_chunk)
         with CountOps() as counter:
             eidetic_stores(cand_s, cand_p, 16)
         return counter.count

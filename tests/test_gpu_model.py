@@ -180,7 +180,7 @@ def test_prefill_selection_on_cuda_equals_eager_cpu(compiled, monkeypatch):
             assert torch.equal(a.cpu(), b)
         sets_want = innovation.sets_after_prefill(lengths, window, want[3], want[4], keys, values,
                                                   use_kernels=False)
-        sets_got = innovation.sets_after_prefill(lengths.cuda(), window, got[3], got[4], cuda_in[2], cuda_in[3])
+        sets_got = innovation.sets_after_prefill(lengths.cuda(), window, got[3], got[4], *cuda_in[2:])
         for name, tokens in sets_want.items():
             for field, t in tokens.items():
                 assert torch.equal(sets_got[name][field].cpu(), t), (name, field)
