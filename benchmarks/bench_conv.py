@@ -7,6 +7,7 @@ Usage (GPU; fla-core optional, rows without it are skipped):
     python benchmarks/bench_conv.py [--shapes 8x2048,2x8192] [--channels 1024] [--out bench_conv.json]
         [--fwd-shapes 1x2048,1x32768]
 
+Forward + backward rows give the wall time of a call and the device time of its kernels (profiler).
 --fwd-shapes: also the forward alone without autograd, as a prefill runs it, on the mixer's layout (the
 channels a slice of the wider in_proj output, so not contiguous): device time per call from CUDA events.
 """
@@ -48,6 +49,33 @@ def time_ms(fn, x, w, b, grad, reps=20):
         once()
     torch.cuda.synchronize()
     return 1000 * (time.perf_counter() - start) / reps
+
+
+def kernel_ms(fn, x, w, b, grad, reps=10):
+    """Device time of one forward + backward, ms: the kernels' own durations (torch.profiler), summed over
+    `reps` calls after 3 warm-ups, and their count per call. Wall time alone cannot tell kernel time from
+    launch and autograd overhead at these sizes (tens of microseconds of memory traffic)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    def once():
+        fn(x, w, b).backward(grad)
+
+    for _ in range(3):
+        once()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            once()
+        torch.cuda.synchronize()
+    kernels = {}
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False):
+            kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time_total / 1000 / reps
+    count = sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA
+                and not getattr(e, "is_user_annotation", False)) / reps
+    top = {name[:60]: round(ms, 4) for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[:6]}
+    return sum(kernels.values()), count, top
 
 
 def fwd_ms(fn, x, w, b, reps=20):
@@ -105,13 +133,16 @@ def main():
         for name, fn in rows.items():
             try:
                 ms = time_ms(fn, x, w16, b16, grad)
+                device, launches, top = kernel_ms(fn, x, w16, b16, grad)
                 err = rel_err(fn, x, w, b, grad)
             except Exception as exc:  # a library kernel that fails here is reported, not fatal
                 print(f"{shape} {name}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
                 results.append(dict(shape=shape, row=name, error=f"{type(exc).__name__}: {exc}"[:500]))
                 continue
-            print(f"{shape} C={args.channels} {name:>34}: fwd+bwd {ms:7.3f} ms, rel err (fp32) {err:.2e}")
+            print(f"{shape} C={args.channels} {name:>34}: fwd+bwd {ms:7.3f} ms wall, {device:7.3f} ms device "
+                  f"in {launches:.0f} kernels, rel err (fp32) {err:.2e}\n    {top}")
             results.append(dict(shape=shape, channels=args.channels, row=name, fwd_bwd_ms=ms,
+                                fwd_bwd_device_ms=device, kernels_per_call=launches, top_kernels_ms=top,
                                 rel_err_fp32=err))
     for shape in filter(None, args.fwd_shapes.split(",")):
         batch, seqlen = (int(n) for n in shape.split("x"))

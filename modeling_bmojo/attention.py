@@ -13,7 +13,7 @@ from torch import nn
 
 from ..kernels.dispatch import decode_attention, eidetic_decode_step_, eidetic_kernel_used, memory_attention
 from .common import RMSNorm, rope_angles, rotate
-from .innovation import InnovationPredictor, parallel_eidetic, sets_after_prefill, step_sets
+from .innovation import InnovationPredictor, fill_sets_after_prefill_, parallel_eidetic, step_sets
 from .mamba2 import Mamba2Mixer
 from .state import AttentionState, BMojoState, copy_rows
 
@@ -162,10 +162,8 @@ class BMojoMixer(Attention):
             state.f_last.copy_(f[torch.arange(batch, device=f.device), (lengths - 1).clamp(min=0)]
                                * (lengths > 0)[:, None])
             if self.eidetic:
-                prefilled = sets_after_prefill(lengths, self.window, cands, stores, k, v,
-                                               use_kernels=self.use_kernels)
-                for name, token_set in state.sets().items():
-                    token_set.assign(prefilled[name])
+                fill_sets_after_prefill_(state.sets(), lengths, self.window, cands, stores, k, v,
+                                         use_kernels=self.use_kernels)
         return self._out(o), aux
 
     def new_state(self, batch, device, dtype, max_length):

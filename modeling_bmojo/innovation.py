@@ -13,9 +13,8 @@ import functools
 import torch
 from torch import nn
 
-from ..kernels.dispatch import fused_on_prefill
-from ..kernels.innovation.naive import (EMPTY, chunk_candidates, eidetic_stores, innovation_scores,
-                                        merge_sets, take_best)
+from ..kernels.dispatch import fill_set_, fused_on_prefill, prefill_kernels_used, select_best
+from ..kernels.innovation.naive import EMPTY, chunk_candidates, eidetic_stores, innovation_scores, merge_sets
 from .common import where_rows
 
 SET_NAMES = ("store", "prev", "cur")
@@ -45,9 +44,8 @@ def gather_tokens(x, pos):
 
 # With BMOJO_FUSED_PREFILL=1 the parallel selection's pieces run on CUDA as compiled graphs
 # (kernels/dispatch.py `fused_on_prefill`; the same functions, eager otherwise and inlined under an outer
-# torch.compile). Eagerly they are ~150 tiny launches per layer, and an eager 2k-token prefill waits on its
-# host issuing them.
-_take_best_fused = fused_on_prefill(take_best)
+# torch.compile); with BMOJO_PREFILL_KERNELS=1 as Triton kernels (`select_best`, `fill_set_`). Eagerly they
+# are ~150 tiny launches per layer, and an eager 2k-token prefill waits on its host issuing them.
 
 
 @fused_on_prefill
@@ -60,7 +58,7 @@ def parallel_eidetic(scores, real, keys, values, window, per_chunk, capacity, us
 
     Returns (store keys [B, NC, M, Hkv, D], values, valid [B, NC, M], candidates (s, p) [B, NC, n_e],
     stores (s, p) [B, NC, M])."""
-    take = functools.partial(_take_best_fused, use_kernels=use_kernels)
+    take = functools.partial(select_best, use_kernels=use_kernels)
     cand_s, cand_p = chunk_candidates(scores, real, window, per_chunk, take=take)
     store_s, store_p = eidetic_stores(cand_s, cand_p, capacity, take=take)
     store_k, store_v, store_valid = _store_tokens(keys, values, store_s, store_p, use_kernels=use_kernels)
@@ -121,6 +119,21 @@ def sets_after_prefill(lengths, window, cands, stores, keys, values):
     sizes = [stores[0].shape[2], cands[0].shape[2], cands[0].shape[2]]
     parts = [t.split(sizes, dim=1) for t in (s, p, k, v)]
     return {name: dict(zip("spkv", (part[i] for part in parts))) for i, name in enumerate(SET_NAMES)}
+
+
+def fill_sets_after_prefill_(sets, lengths, window, cands, stores, keys, values, use_kernels="auto"):
+    """The state's store, prev and cur sets (TokenSets, by name) := what `sets_after_prefill` gives, in place.
+    With BMOJO_PREFILL_KERNELS=1 on CUDA one Triton launch writes each set (kernels/state_fill/rows.py);
+    otherwise, and for a store that grew past its fixed size (an unbounded store), the reference."""
+    fixed = stores[0].shape[2] == sets["store"].size and cands[0].shape[2] == sets["cur"].size
+    if fixed and prefill_kernels_used(keys, use_kernels):
+        for name, (chunk_s, chunk_p), offset in (("store", stores, 0), ("prev", cands, -1), ("cur", cands, 0)):
+            if sets[name].size:
+                fill_set_(sets[name].as_tuple(), chunk_s, chunk_p, offset, lengths, window, keys, values)
+        return
+    prefilled = sets_after_prefill(lengths, window, cands, stores, keys, values, use_kernels=use_kernels)
+    for name, token_set in sets.items():
+        token_set.assign(prefilled[name])
 
 
 def step_sets(sets, token, at_boundary, valid, capacity, per_chunk):

@@ -15,10 +15,9 @@ order of tokens: attention is a softmax over a set, and every key was rotated at
 
 import torch
 
-from ..kernels.dispatch import fused_on_prefill
+from ..kernels.dispatch import fill_ring_
 from ..kernels.innovation.naive import EMPTY
-
-_NO_TOKEN = -1
+from ..kernels.state_fill.naive import NO_TOKEN as _NO_TOKEN
 
 
 class State:
@@ -52,33 +51,6 @@ class State:
 
     def nbytes(self):
         return sum(t.numel() * t.element_size() for _, t in self.named_tensors())
-
-
-def ring_positions(lengths, size):
-    """Which token each slot of a ring of `size` holds after `lengths` tokens: [B, size], -1 when none.
-
-    Slot j holds the last position p < lengths[b] with p % size == j."""
-    slots = torch.arange(size, device=lengths.device)[None, :]
-    last = lengths[:, None] - 1 - slots  # (B, size): distance back from the last token to slot j's residue
-    pos = slots + size * torch.div(last, size, rounding_mode="floor")
-    return torch.where(last >= 0, pos, torch.full_like(pos, _NO_TOKEN))
-
-
-def gather_positions(x, pos):
-    """x [B, T, ...] at positions pos [B, S] (-1 reads zeros)."""
-    idx = pos.clamp(min=0).reshape(*pos.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
-    out = torch.gather(x, 1, idx)
-    return out * (pos >= 0).reshape(*pos.shape, *([1] * (x.dim() - 2))).to(out.dtype)
-
-
-@fused_on_prefill
-def _fill_ring_(ring_k, ring_v, ring_pos, k, v, lengths):
-    """ring_* := the ring after a parallel pass over k, v [B, T, Hkv, D] (one compiled graph on CUDA with
-    BMOJO_FUSED_PREFILL=1)."""
-    pos = ring_positions(lengths, ring_pos.shape[1])
-    ring_k.copy_(gather_positions(k, pos))
-    ring_v.copy_(gather_positions(v, pos))
-    ring_pos.copy_(pos)
 
 
 def write_rows(buffer, slot, new, valid):
@@ -124,7 +96,7 @@ class KeyValueRing(State):
 
     def fill(self, k, v, lengths, use_kernels="auto"):
         """From a parallel pass: k, v [B, T, Hkv, D] with each row's real tokens first."""
-        _fill_ring_(self.k, self.v, self.pos, k, v, lengths, use_kernels=use_kernels)
+        fill_ring_(self.k, self.v, self.pos, k, v, lengths, use_kernels=use_kernels)
 
     def push(self, k, v, pos, valid):
         """One token per row (k, v [B, Hkv, D] at positions pos [B]); rows where not valid keep their ring."""

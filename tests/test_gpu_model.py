@@ -154,16 +154,22 @@ def test_unaligned_in_proj_padded_for_inference(dtype):
         assert mixer._in_proj(hidden).stride(-2) == plain.shape[-1]
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_prefill_selection_on_cuda_equals_eager_cpu(compiled, monkeypatch):
-    """The eidetic selection of a prefill on CUDA, eager (the default) and as the compiled graphs that
-    BMOJO_FUSED_PREFILL=1 selects (modeling_bmojo/innovation.py): the same candidates, stores, store tokens
-    and prefilled sets as the eager CPU path, ties and padding included, bounded and unbounded stores."""
-    from bmojo.kernels.dispatch import fused_on_cuda
+@pytest.mark.parametrize("path", ["eager", "compiled", "kernels"])
+def test_prefill_selection_on_cuda_equals_eager_cpu(path, monkeypatch):
+    """The eidetic selection of a prefill on CUDA, eager (the default), as the compiled graphs that
+    BMOJO_FUSED_PREFILL=1 selects and with the Triton best-k that BMOJO_PREFILL_KERNELS=1 selects
+    (kernels/dispatch.py `select_best`): the same candidates, stores, store tokens and prefilled sets as the
+    eager CPU path, ties and padding included, bounded and unbounded stores."""
+    from bmojo.kernels import dispatch
+    from bmojo.kernels.innovation.naive import take_best
     from bmojo.modeling_bmojo import innovation
-    if compiled:
-        for name in ("_take_best_fused", "_store_tokens", "sets_after_prefill"):
-            monkeypatch.setattr(innovation, name, fused_on_cuda(getattr(innovation, name).__wrapped__))
+    if path == "compiled":
+        monkeypatch.setattr(dispatch, "_take_best_reference", dispatch.fused_on_cuda(take_best))
+        for name in ("_store_tokens", "sets_after_prefill"):
+            plain = getattr(innovation, name).__wrapped__
+            monkeypatch.setattr(innovation, name, dispatch.fused_on_cuda(plain))
+    if path == "kernels":
+        monkeypatch.setattr(dispatch, "PREFILL_KERNELS", True)
     gen = torch.Generator().manual_seed(0)
     batch, seqlen, kv_heads, dim = 3, 700, 2, 16
     scores = torch.randint(0, 5, (batch, seqlen), generator=gen).float()  # few levels: ties

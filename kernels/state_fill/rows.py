@@ -1,0 +1,156 @@
+"""The state a prefill leaves, written in one Triton launch per buffer group instead of ~20 small ops each.
+
+An eager prefill is bound by its host: after the parallel pass, every B'MOJO layer filled its two rings
+(`naive.fill_ring_reference_`, 22 launching ops each) and its three eidetic sets
+(`modeling_bmojo.innovation.sets_after_prefill` and the copies into the state, 58) with tiny ops, about a
+third of the layer's launches at 1 x 2048 (benchmarks/prefill_ops.py). Each kernel here computes its rows'
+positions itself and copies those rows of keys and values:
+
+  - `fill_ring_triton_`: slot j of a ring of size S gets the last position p < length with p % S == j
+    (or -1 and zeros when the row has no such token);
+  - `fill_set_triton_`: one eidetic set (the store, or the previous or current chunk's candidates) reads its
+    scores and positions from the per-chunk selection at the row's last chunk (offset by -1 for prev), and
+    the keys and values of those positions (EMPTY and zeros where a slot is empty).
+
+One program per (row, block of slots); each copies its rows' keys and values, flattened heads x dim, read
+through the source's batch and time strides. Registered as mutating custom ops (kernels/custom_ops.py).
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..custom_ops import kernel_op, launch
+from ..innovation.decode import EMPTY
+from .naive import NO_TOKEN as NAIVE_NO_TOKEN
+
+# A name, not a module object: Triton reads globals as constexprs, and the Hub's flat file merges modules
+_RING_NO_TOKEN = tl.constexpr(NAIVE_NO_TOKEN)
+BLOCK_S = 16
+BLOCK_HD = 256
+
+
+@triton.jit
+def _copy_rows(K, V, DK, DV, b, pos, valid, slots, slot_ok, S, HD, skb, skt, svb, svt,
+               BLOCK_HD: tl.constexpr):
+    """DK[b, slots] = K[b, pos] where valid, zeros elsewhere (DV from V likewise); rows of HD elements,
+    the destination contiguous [B, S, HD]."""
+    src = tl.where(valid, pos, 0)
+    for d0 in range(0, HD, BLOCK_HD):
+        hd = d0 + tl.arange(0, BLOCK_HD)
+        read = valid[:, None] & (hd < HD)[None, :]
+        write = slot_ok[:, None] & (hd < HD)[None, :]
+        k = tl.load(K + b * skb + src[:, None] * skt + hd[None, :], mask=read, other=0.0)
+        v = tl.load(V + b * svb + src[:, None] * svt + hd[None, :], mask=read, other=0.0)
+        dst = (b * S + slots)[:, None] * HD + hd[None, :]
+        tl.store(DK + dst, k.to(DK.dtype.element_ty), mask=write)
+        tl.store(DV + dst, v.to(DV.dtype.element_ty), mask=write)
+
+
+@triton.jit
+def _ring_fill_kernel(K, V, LENGTHS, RK, RV, RPOS, S, HD, skb, skt, svb, svt,
+                      BLOCK_S: tl.constexpr, BLOCK_HD: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    slots = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
+    slot_ok = slots < S
+    last = tl.load(LENGTHS + b).to(tl.int64) - 1 - slots  # distance back from the last token to slot j
+    valid = slot_ok & (last >= 0)
+    pos = tl.where(valid, slots + S * (tl.maximum(last, 0) // S), _RING_NO_TOKEN)
+    tl.store(RPOS + b * S + slots, pos, mask=slot_ok)
+    _copy_rows(K, V, RK, RV, b, pos, valid, slots, slot_ok, S, HD, skb, skt, svb, svt, BLOCK_HD)
+
+
+@triton.jit
+def _set_fill_kernel(SRC_S, SRC_P, LENGTHS, K, V, DS, DP, DK, DV, S, NC, window, chunk_offset, HD,
+                     skb, skt, svb, svt, BLOCK_S: tl.constexpr, BLOCK_HD: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    slots = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
+    slot_ok = slots < S
+    length = tl.load(LENGTHS + b).to(tl.int64)
+    # the row's last chunk, floor((length - 1) / window): -1 for an empty row (integer division truncates)
+    last = tl.where(length > 0, (length - 1) // window, -1)
+    chunk = tl.zeros_like(slots) + last + chunk_offset  # one per slot: a block, as the masks below need
+    read = slot_ok & (chunk >= 0) & (chunk < NC)
+    src = (b * NC + tl.where(read, chunk, 0)) * S + slots
+    s = tl.load(SRC_S + src, mask=read, other=float("-inf"))
+    p = tl.load(SRC_P + src, mask=read, other=EMPTY)
+    p = tl.where(s == float("-inf"), EMPTY, p)
+    tl.store(DS + b * S + slots, s, mask=slot_ok)
+    tl.store(DP + b * S + slots, p, mask=slot_ok)
+    _copy_rows(K, V, DK, DV, b, p, slot_ok & (p != EMPTY), slots, slot_ok, S, HD, skb, skt, svb, svt,
+               BLOCK_HD)
+
+
+def _rows(x):
+    """x [B, T, Hkv, D] with each token's Hkv x D elements contiguous (a copy otherwise), and its strides."""
+    if x.stride(-1) != 1 or x.stride(-2) != x.shape[-1]:
+        x = x.contiguous()
+    return x, x.stride(0), x.stride(1)
+
+
+def _grid(batch, size):
+    return batch, triton.cdiv(size, BLOCK_S)
+
+
+def _fake(*args):
+    return None
+
+
+@kernel_op("fill_ring", fake=_fake, mutates=("ring_k", "ring_v", "ring_pos"))
+def _fill_ring_op(ring_k: Tensor, ring_v: Tensor, ring_pos: Tensor, k: Tensor, v: Tensor,
+                  lengths: Tensor) -> None:
+    batch, size = (int(n) for n in ring_pos.shape)
+    hd = int(ring_k[0, 0].numel())
+    k, skb, skt = _rows(k)
+    v, svb, svt = _rows(v)
+    launch(_ring_fill_kernel, traced=False)[_grid(batch, size)](
+        k, v, lengths, ring_k, ring_v, ring_pos, size, hd, skb, skt, svb, svt, BLOCK_S=BLOCK_S,
+        BLOCK_HD=min(BLOCK_HD, max(16, triton.next_power_of_2(hd))))
+
+
+@kernel_op("fill_set", fake=_fake, mutates=("set_s", "set_p", "set_k", "set_v"))
+def _fill_set_op(set_s: Tensor, set_p: Tensor, set_k: Tensor, set_v: Tensor, src_s: Tensor, src_p: Tensor,
+                 lengths: Tensor, keys: Tensor, values: Tensor, window: int, chunk_offset: int) -> None:
+    batch, size = (int(n) for n in set_s.shape)
+    hd = int(set_k[0, 0].numel())
+    keys, skb, skt = _rows(keys)
+    values, svb, svt = _rows(values)
+    launch(_set_fill_kernel, traced=False)[_grid(batch, size)](
+        src_s, src_p, lengths, keys, values, set_s, set_p, set_k, set_v, size, int(src_s.shape[1]), window,
+        chunk_offset, hd, skb, skt, svb, svt, BLOCK_S=BLOCK_S,
+        BLOCK_HD=min(BLOCK_HD, max(16, triton.next_power_of_2(hd))))
+
+
+def _check_kv(name, dest, k, v):
+    if k.dim() != 4 or k.shape != v.shape or k.shape[0] != dest.shape[0] or k.shape[2:] != dest.shape[2:]:
+        raise ValueError(f"{name}: keys and values must both be [B, T, Hkv, D] with B, Hkv, D of the "
+                         f"destination {tuple(dest.shape)}; got {tuple(k.shape)} and {tuple(v.shape)}")
+    if not dest.is_contiguous():
+        raise ValueError(f"{name}: the destination must be contiguous (it is written in place)")
+
+
+def fill_ring_triton_(ring_k, ring_v, ring_pos, k, v, lengths):
+    """In place, as `naive.fill_ring_reference_`: ring_k, ring_v [B, S, Hkv, D] and ring_pos [B, S] int64
+    (contiguous) from k, v [B, T, Hkv, D] and lengths [B]."""
+    _check_kv("fill_ring_triton_", ring_k, k, v)
+    if ring_pos.dtype != torch.int64 or tuple(ring_pos.shape) != tuple(ring_k.shape[:2]):
+        raise ValueError(f"ring_pos must be int64 [B, S] = {tuple(ring_k.shape[:2])}; got {ring_pos.dtype} "
+                         f"{tuple(ring_pos.shape)}")
+    _fill_ring_op(ring_k, ring_v, ring_pos, k, v, lengths.contiguous())
+
+
+def fill_set_triton_(token_set, chunk_s, chunk_p, chunk_offset, lengths, window, keys, values):
+    """One eidetic set (s, p, k, v) := row b's entry of the per-chunk sets chunk_s / chunk_p [B, NC, S] at
+    chunk floor((lengths[b] - 1) / window) + chunk_offset (an empty set out of range; positions EMPTY where
+    the score is -inf), with the keys and values of its positions from keys / values [B, T, Hkv, D]."""
+    s, p, k, v = token_set
+    _check_kv("fill_set_triton_", k, keys, values)
+    if chunk_s.shape != chunk_p.shape or chunk_s.dim() != 3 or tuple(s.shape) != (chunk_s.shape[0],
+                                                                                  chunk_s.shape[2]):
+        raise ValueError(f"chunk_s / chunk_p must be [B, NC, S] with [B, S] = {tuple(s.shape)}; got "
+                         f"{tuple(chunk_s.shape)} and {tuple(chunk_p.shape)}")
+    if window < 1:
+        raise ValueError(f"window must be >= 1; got {window}")
+    _fill_set_op(s, p, k, v, chunk_s.float().contiguous(), chunk_p.contiguous(), lengths.contiguous(),
+                 keys, values, int(window), int(chunk_offset))

@@ -1,0 +1,272 @@
+"""The eager prefill's Triton kernels (BMOJO_PREFILL_KERNELS=1) against the PyTorch definitions: the eidetic
+selection's best-k per row (kernels/innovation/select.py against naive.py `take_best`), and the state the
+prefill leaves (kernels/state_fill/rows.py): the rings (state_fill/naive.py `fill_ring_reference_`) and the
+eidetic sets (modeling_bmojo/innovation.py `sets_after_prefill`). They select and copy, so the results must
+be equal, bit for bit.
+
+CPU: the Triton interpreter (TRITON_INTERPRET=1, in a child pytest: conftest.triton_interpreter_marks) on tiny
+shapes, and a tiny model's prefill with the kernels forced on against the same prefill without them (cache
+and logits). GPU (skipped without CUDA): the bench model's sizes in bf16, and the model's cache with the
+kernels against the default path.
+"""
+
+import pytest
+import torch
+
+import bmojo
+from bmojo.kernels import dispatch
+from bmojo.kernels.innovation.naive import EMPTY, take_best
+from bmojo.kernels.state_fill.naive import fill_ring_reference_
+from bmojo.modeling_bmojo import innovation
+from bmojo.modeling_bmojo.innovation import sets_after_prefill
+from conftest import run_under_interpreter, triton_interpreter_marks
+
+triton = pytest.importorskip("triton", reason="triton is not installed")
+try:
+    from bmojo.kernels.innovation.select import MAX_ROW, take_best_triton
+    from bmojo.kernels.state_fill.rows import fill_ring_triton_, fill_set_triton_
+except Exception as exc:  # a Triton build that cannot load the kernels
+    pytest.skip(f"Triton kernels unavailable here: {exc!r}", allow_module_level=True)
+
+CUDA = torch.cuda.is_available()
+INTERPRET, on_interpreter = triton_interpreter_marks(CUDA)  # conftest: why a child process
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+def keys_values(batch, seqlen, heads, dim, dtype, seed=0, strided=False):
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.randn(batch, seqlen, heads * (2 if strided else 1), dim, generator=gen)
+    k = k[:, :, ::2] if strided else k  # heads not adjacent: the launcher copies such a tensor first
+    v = torch.randn(batch, seqlen, heads, dim, generator=gen)
+    return k.to(DEVICE, dtype), v.to(DEVICE, dtype)
+
+
+def check_ring(size, lengths, seqlen, heads=2, dim=8, dtype=torch.float32, strided=False):
+    k, v = keys_values(len(lengths), seqlen, heads, dim, dtype, strided=strided)
+    lengths = torch.tensor(lengths, device=DEVICE)
+
+    def ring(fill):  # garbage first: every slot must be written
+        return [torch.full((len(lengths), size, heads, dim), 7.0, device=DEVICE, dtype=dtype),
+                torch.full((len(lengths), size, heads, dim), 7.0, device=DEVICE, dtype=dtype),
+                torch.full((len(lengths), size), fill, device=DEVICE, dtype=torch.long)]
+
+    want, got = ring(-5), ring(9)
+    fill_ring_reference_(*want, k, v, lengths)
+    fill_ring_triton_(*got, k, v, lengths)
+    for name, g, w in zip(("k", "v", "pos"), got, want):
+        assert torch.equal(g, w), (name, size, lengths.tolist())
+
+
+def chunk_sets(batch, chunks, size, seqlen, seed):
+    """Per-chunk sets as the selection leaves them: scores with empty (-inf) slots, positions in range."""
+    gen = torch.Generator().manual_seed(seed)
+    s = torch.randn(batch, chunks, size, generator=gen)
+    s[torch.rand(batch, chunks, size, generator=gen) < 0.3] = float("-inf")
+    p = torch.randint(0, seqlen, (batch, chunks, size), generator=gen)
+    p[s == float("-inf")] = EMPTY
+    return s.to(DEVICE), p.to(DEVICE)
+
+
+def check_sets(lengths, window, chunks, store, per_chunk, seqlen, heads=2, dim=8, dtype=torch.float32):
+    batch = len(lengths)
+    k, v = keys_values(batch, seqlen, heads, dim, dtype, seed=1)
+    lengths = torch.tensor(lengths, device=DEVICE)
+    stores = chunk_sets(batch, chunks, store, seqlen, seed=2)
+    cands = chunk_sets(batch, chunks, per_chunk, seqlen, seed=3)
+    want = sets_after_prefill(lengths, window, cands, stores, k, v)
+    for name, source, offset, size in (("store", stores, 0, store), ("prev", cands, -1, per_chunk),
+                                       ("cur", cands, 0, per_chunk)):
+        got = (torch.full((batch, size), 3.0, device=DEVICE), torch.full((batch, size), 3, device=DEVICE),
+               torch.full((batch, size, heads, dim), 3.0, device=DEVICE, dtype=dtype),
+               torch.full((batch, size, heads, dim), 3.0, device=DEVICE, dtype=dtype))
+        fill_set_triton_(got, *source, offset, lengths, window, k, v)
+        for part, g in zip("spkv", got):
+            assert torch.equal(g, want[name][part].to(g.dtype)), (name, part, lengths.tolist())
+
+
+def check_take_best(batch, rows, size, k, seed=0, expanded_pos=True):
+    """Rows as the selection builds them: real entries in position order, -inf holes, tied scores."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 4, (batch, rows, size), generator=gen).float()  # few levels: ties
+    scores[torch.rand(batch, rows, size, generator=gen) < 0.3] = float("-inf")
+    pos = torch.arange(size).expand(batch, rows, size)  # as chunk_candidates / eidetic_stores pass it
+    pos = pos if expanded_pos else pos.contiguous()
+    scores, pos = scores.to(DEVICE), pos.to(DEVICE)
+    want = take_best(scores, pos, k)[:2]
+    got = take_best_triton(scores, pos, k)
+    for name, g, w in zip(("scores", "pos"), got, want):
+        assert torch.equal(g, w), (name, batch, rows, size, k)
+
+
+@torch.no_grad()
+def prefill_outputs(model, ids, mask, kernels, monkeypatch):
+    """The logits and every tensor of the cache a prefill leaves, the prefill kernels forced on or off."""
+    with monkeypatch.context() as patch:
+        forced = (lambda tensor, use_kernels="auto": kernels)
+        patch.setattr(dispatch, "prefill_kernels_used", forced)
+        patch.setattr(innovation, "prefill_kernels_used", forced)
+        out = model(ids, attention_mask=mask, use_cache=True)
+    tensors = {f"{i}.{name}": t.clone()
+               for i, state in enumerate(out.past_key_values.states) for name, t in state.named_tensors()}
+    return dict(tensors, logits=out.logits)
+
+
+def check_model(config, lengths, monkeypatch, dtype=torch.float32):
+    model = bmojo.BMojoForCausalLM(config).to(DEVICE, dtype).eval()
+    seqlen = max(lengths)
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, config.vocab_size, (len(lengths), seqlen), generator=gen).to(DEVICE)
+    mask = torch.zeros(len(lengths), seqlen, dtype=torch.long, device=DEVICE)
+    for row, n in enumerate(lengths):
+        mask[row, seqlen - n:] = 1  # left padding, as generate() pads a batch
+    got = prefill_outputs(model, ids, mask, True, monkeypatch)
+    want = prefill_outputs(model, ids, mask, False, monkeypatch)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
+# ---------------------------------------------------------------- CPU: Triton interpreter, tiny shapes
+
+@on_interpreter
+@pytest.mark.parametrize("batch,rows,size,k", [
+    (2, 3, 40, 7),      # a chunk's candidates: k of a row
+    (1, 2, 300, 64),    # a row longer than a kernel block of 256
+    (2, 2, 5, 9),       # k above the row's size: every real entry, then empties
+    (1, 3, 20, 20),     # k equal to the row's size
+    (3, 1, 1, 1),
+])
+def test_interpreter_take_best_equals_reference(batch, rows, size, k):
+    check_take_best(batch, rows, size, k)
+    check_take_best(batch, rows, size, k, seed=1, expanded_pos=False)
+
+
+@on_interpreter
+@pytest.mark.parametrize("size,lengths,seqlen", [
+    (4, [37, 5, 0], 37),     # a full ring, a short row, an empty row
+    (16, [16, 15, 17], 17),  # lengths around the ring size
+    (40, [37, 1], 37),       # a ring longer than the sequence
+    (19, [37, 36], 37),      # slots spanning two blocks of the kernel (16 slots a block)
+])
+def test_interpreter_ring_equals_reference(size, lengths, seqlen):
+    check_ring(size, lengths, seqlen)
+
+
+@on_interpreter
+def test_interpreter_ring_reads_strided_keys_and_casts():
+    check_ring(8, [11, 3], 11, strided=True)
+    check_ring(8, [11, 3], 11, dtype=torch.float16)
+
+
+@on_interpreter
+@pytest.mark.parametrize("lengths,window,chunks", [
+    ([37, 5, 0], 8, 5),     # several chunks; a row in its first chunk (prev out of range); an empty row
+    ([16, 17, 8], 8, 3),    # lengths at and just past chunk boundaries
+    ([9], 16, 1),           # one chunk
+])
+def test_interpreter_sets_equal_reference(lengths, window, chunks):
+    check_sets(lengths, window, chunks, store=6, per_chunk=3, seqlen=max(lengths + [1]))
+
+
+@on_interpreter
+@pytest.mark.parametrize("preset", ["tiny", "bmojo-f-tiny", "swa-transformer-tiny"])
+def test_interpreter_model_prefill_equals_reference(preset, monkeypatch):
+    """A tiny model's prefill of a left-padded batch: the logits and every cache tensor with the prefill
+    kernels forced on equal the default path's (selection, rings, sets, SSM and conv states)."""
+    config = bmojo.preset_config(preset, use_kernels=False)
+    check_model(config, [29, 13, 4], monkeypatch)
+
+
+@on_interpreter
+def test_custom_ops_pass_opcheck():
+    """torch.library.opcheck of the three ops: schema (the two fills mutate their first arguments), fake
+    implementation, and a traced call (aot_dispatch)."""
+    gen = torch.Generator().manual_seed(7)
+    scores = torch.randn(2, 3, 20, generator=gen)
+    pos = torch.arange(20).expand(2, 3, 20).contiguous()
+    torch.library.opcheck(torch.ops.bmojo.take_best.default, (scores, pos, 5))
+    k, v = torch.randn(2, 11, 2, 4, generator=gen), torch.randn(2, 11, 2, 4, generator=gen)
+    lengths = torch.tensor([11, 6])
+    ring = (torch.zeros(2, 8, 2, 4), torch.zeros(2, 8, 2, 4), torch.zeros(2, 8, dtype=torch.long))
+    torch.library.opcheck(torch.ops.bmojo.fill_ring.default, (*ring, k, v, lengths))
+    token_set = (torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, 2, 4),
+                 torch.zeros(2, 3, 2, 4))
+    chunk_s, chunk_p = torch.randn(2, 2, 3, generator=gen), torch.randint(0, 11, (2, 2, 3), generator=gen)
+    torch.library.opcheck(torch.ops.bmojo.fill_set.default,
+                          (*token_set, chunk_s, chunk_p, lengths, k, v, 8, 0))
+
+
+@on_interpreter
+def test_compiled_selection_equals_eager(monkeypatch):
+    """The parallel form's eidetic selection with the Triton best-k, traced whole by torch.compile
+    (aot_eager, fullgraph): no graph break, the eager values."""
+    forced = (lambda tensor, use_kernels="auto": True)
+    monkeypatch.setattr(dispatch, "prefill_kernels_used", forced)
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.randint(0, 4, (2, 40), generator=gen).float()
+    real = torch.arange(40)[None] < torch.tensor([[40], [23]])
+    keys, values = torch.randn(2, 40, 1, 8, generator=gen), torch.randn(2, 40, 1, 8, generator=gen)
+
+    def select(*args):
+        return innovation.parallel_eidetic(*args, 8, 3, 6)
+
+    compiled = torch.compile(select, backend="aot_eager", fullgraph=True)
+    got, want = compiled(scores, real, keys, values), select(scores, real, keys, values)
+    flat = lambda out: [*out[:3], *out[3], *out[4]]  # noqa: E731
+    for g, w in zip(flat(got), flat(want)):
+        assert torch.equal(g, w)
+
+
+def test_bad_inputs_raise_naming_the_field():
+    with pytest.raises(ValueError, match="float32"):
+        take_best_triton(torch.zeros(1, 2, 3, dtype=torch.float16), torch.zeros(1, 2, 3, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match=str(MAX_ROW)):
+        take_best_triton(torch.zeros(1, 1, MAX_ROW + 1), torch.zeros(1, 1, MAX_ROW + 1, dtype=torch.long), 2)
+    ring = [torch.zeros(2, 4, 1, 8), torch.zeros(2, 4, 1, 8), torch.zeros(2, 4, dtype=torch.long)]
+    with pytest.raises(ValueError, match="keys and values"):
+        fill_ring_triton_(*ring, torch.zeros(2, 5, 2, 8), torch.zeros(2, 5, 2, 8), torch.tensor([5, 5]))
+    with pytest.raises(ValueError, match="ring_pos"):
+        fill_ring_triton_(*ring[:2], ring[2].int(), torch.zeros(2, 5, 1, 8), torch.zeros(2, 5, 1, 8),
+                          torch.tensor([5, 5]))
+    token_set = (torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, 1, 8),
+                 torch.zeros(2, 3, 1, 8))
+    k = torch.zeros(2, 5, 1, 8)
+    with pytest.raises(ValueError, match="chunk_s"):
+        fill_set_triton_(token_set, torch.zeros(2, 2, 4), torch.zeros(2, 2, 4, dtype=torch.long), 0,
+                         torch.tensor([5, 5]), 4, k, k)
+    with pytest.raises(ValueError, match="window"):
+        fill_set_triton_(token_set, torch.zeros(2, 2, 3), torch.zeros(2, 2, 3, dtype=torch.long), 0,
+                         torch.tensor([5, 5]), 0, k, k)
+
+
+@pytest.mark.skipif(CUDA or INTERPRET, reason="the parent of the interpreter run, CPU only")
+def test_interpreter_suite():
+    run_under_interpreter(__file__)
+
+
+# ---------------------------------------------------------------- GPU: the bench model's sizes
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_take_best_at_the_bench_sizes():
+    """A 32k-token prefill at the 130m sizes: 64 chunks of 512 tokens -> 32 candidates each; the stores'
+    rows: 512 + 62 x 32 entries, 65 of them."""
+    check_take_best(1, 64, 512, 32)
+    check_take_best(1, 65, 512 + 62 * 32, 512)
+    check_take_best(16, 4, 512, 32)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_bf16_rings_and_sets_equal_reference():
+    """w = 512, w + n_f = 1,024, store 512, 32 candidates, 12 x 64 keys, bf16, lengths around the chunks."""
+    lengths = [2048, 1500, 513, 1]
+    for size in (512, 1024):
+        check_ring(size, lengths, 2048, heads=12, dim=64, dtype=torch.bfloat16)
+    check_sets(lengths, 512, 4, store=512, per_chunk=32, seqlen=2048, heads=12, dim=64, dtype=torch.bfloat16)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_model_prefill_equals_reference(monkeypatch):
+    """bmojo-130m's layer (2 layers), bf16, Triton kernels elsewhere as shipped: the logits and the cache
+    equal the default path's, tensor for tensor."""
+    config = bmojo.preset_config("bmojo-130m", num_hidden_layers=2)
+    check_model(config, [1100, 600, 7], monkeypatch, dtype=torch.bfloat16)
