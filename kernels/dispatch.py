@@ -165,26 +165,28 @@ def eidetic_decode_step_(store, prev, cur, token, at_boundary, valid, use_kernel
     return decode_sets_step_(store, prev, cur, token, at_boundary, valid, rotate=rotate)
 
 
-# The eager prefill's selection and the state it leaves, in Triton (BMOJO_PREFILL_KERNELS=1, on CUDA): the
-# per-row best-k of the eidetic selection (innovation/select.py, twice per layer, ~50 small ops each), each
-# ring and each eidetic set of the state (state_fill/rows.py, ~20 small ops each), one launch apiece. Opt-in
-# until timed on a GPU: built and tested under the Triton interpreter on 2026-12-04, a day no device was lent.
-PREFILL_KERNELS = os.environ.get("BMOJO_PREFILL_KERNELS", "0") == "1"
+# The eidetic selection and the writes of the decoding state, in Triton (BMOJO_STATE_KERNELS=1, on CUDA): the
+# parallel form's best-k per row (innovation/select.py, twice per layer, ~50 small ops each), the prefill's
+# ring and eidetic-set fills (~20 small ops each) and an eager decode step's two ring pushes (~12 each;
+# state_fill/rows.py), one launch apiece. Opt-in until timed on a GPU: built and tested under the Triton
+# interpreter on 2026-12-04, a day no device was lent.
+STATE_KERNELS = os.environ.get("BMOJO_STATE_KERNELS", "0") == "1"
 
 _take_best_reference = fused_on_prefill(take_best)
 _fill_ring_reference = fused_on_prefill(fill_ring_reference_)
 
 
-def prefill_kernels_used(tensor, use_kernels="auto"):
-    """Whether `select_best`, `fill_ring_` and `fill_set_` take the Triton kernels for inputs like `tensor`."""
-    return PREFILL_KERNELS and use_triton(tensor, use_kernels)
+def state_kernels_used(tensor, use_kernels="auto"):
+    """Whether `select_best`, `fill_ring_`, `fill_set_` and `push_rings_` take the Triton kernels for inputs
+    like `tensor`."""
+    return STATE_KERNELS and use_triton(tensor, use_kernels)
 
 
 def select_best(scores, pos, k, use_kernels="auto"):
     """innovation/naive.py `take_best`: (scores, pos, index, occupied) of the k best entries of each row. The
     Triton kernel returns the picked scores and positions only (index and occupied None): the prefill's
     selection (`chunk_candidates`, `eidetic_stores`) reads nothing else."""
-    if prefill_kernels_used(scores, use_kernels):
+    if state_kernels_used(scores, use_kernels):
         # imported here, not at the top: it imports triton, which CPU-only installs may lack
         from .innovation.select import take_best_supported, take_best_triton
         if take_best_supported(scores, pos, k):
@@ -195,7 +197,7 @@ def select_best(scores, pos, k, use_kernels="auto"):
 def fill_ring_(ring_k, ring_v, ring_pos, k, v, lengths, use_kernels="auto"):
     """A ring's keys, values and positions after a parallel pass over k, v [B, T, Hkv, D], in place
     (state_fill/naive.py `fill_ring_reference_`)."""
-    if prefill_kernels_used(k, use_kernels):
+    if state_kernels_used(k, use_kernels):
         from .state_fill.rows import fill_ring_triton_
         return fill_ring_triton_(ring_k, ring_v, ring_pos, k, v, lengths)
     return _fill_ring_reference(ring_k, ring_v, ring_pos, k, v, lengths, use_kernels=use_kernels)
@@ -203,7 +205,15 @@ def fill_ring_(ring_k, ring_v, ring_pos, k, v, lengths, use_kernels="auto"):
 
 def fill_set_(token_set, chunk_s, chunk_p, chunk_offset, lengths, window, keys, values):
     """One eidetic set (s, p, k, v) from the per-chunk selection, in place, by the Triton kernel
-    (state_fill/rows.py `fill_set_triton_`; callers check `prefill_kernels_used` first: the reference is
+    (state_fill/rows.py `fill_set_triton_`; callers check `state_kernels_used` first: the reference is
     `modeling_bmojo.innovation.sets_after_prefill`, which builds all three sets at once)."""
     from .state_fill.rows import fill_set_triton_
     fill_set_triton_(token_set, chunk_s, chunk_p, chunk_offset, lengths, window, keys, values)
+
+
+def push_rings_(window, band, k, v, kf, vf, pos, valid):
+    """One token per row into the window ring and the fading band's ring, in place, by the Triton kernel
+    (state_fill/rows.py `push_rings_triton_`; callers check `state_kernels_used` first, and use it in eager
+    steps only: a compiled step fuses the reference's writes itself)."""
+    from .state_fill.rows import push_rings_triton_
+    push_rings_triton_(window, band, k, v, kf, vf, pos, valid)

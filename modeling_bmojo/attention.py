@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.dispatch import decode_attention, eidetic_decode_step_, eidetic_kernel_used, memory_attention
+from ..kernels.dispatch import (decode_attention, eidetic_decode_step_, eidetic_kernel_used, memory_attention,
+                                push_rings_, state_kernels_used)
 from .common import RMSNorm, rope_angles, rotate
 from .innovation import InnovationPredictor, fill_sets_after_prefill_, parallel_eidetic, step_sets
 from .mamba2 import Mamba2Mixer
@@ -91,9 +92,16 @@ class Attention(nn.Module):
         return o.to(q_rot.dtype)
 
     def rotate_one(self, pos, *tensors):
-        """RoPE at positions pos [B] for one token per row: each tensor [B, H, D]."""
+        """RoPE at positions pos [B] for one token per row: each tensor [B, H, D] (head counts may differ).
+
+        Tensors of one dtype are rotated as one [B, sum H, D] tensor: one fused call (or, eagerly on the CPU,
+        one chain of ops) instead of one per tensor, since an eager decode step is bound by its launches and
+        each fused call costs host time; the rotation is elementwise, so the values are the same."""
         angles = self.angles(pos[:, None])
-        return [self.rope(t[:, None], angles)[:, 0] for t in tensors]
+        if len({t.dtype for t in tensors}) > 1:
+            return [self.rope(t[:, None], angles)[:, 0] for t in tensors]
+        rotated = self.rope(torch.cat(tensors, dim=1)[:, None], angles)[:, 0]
+        return list(rotated.split([t.shape[1] for t in tensors], dim=1))
 
     def step(self, hidden, pos, valid, state):
         """One token per row: hidden [B, d] at positions pos [B]; rows not `valid` leave `state` as it was."""
@@ -193,9 +201,13 @@ class BMojoMixer(Attention):
             segments.append((q, store.k, store.v, ~torch.isneginf(store.s)))
         copy_rows(state.f_last, f, valid)
         q_rot, k_rot, kf_rot = self.rotate_one(pos, q, k, kf)
-        state.window.push(k_rot, v, pos, valid)
         band = state.band
-        band.push(kf_rot, vf, pos, valid)
+        if state_kernels_used(k_rot, self.use_kernels) and not torch.compiler.is_compiling():
+            ring = (state.window.k, state.window.v, state.window.pos)  # one launch for both rings (eager)
+            push_rings_(ring, (band.k, band.v, band.pos), k_rot, v, kf_rot, vf, pos, valid)
+        else:
+            state.window.push(k_rot, v, pos, valid)
+            band.push(kf_rot, vf, pos, valid)
         # The ring holds the last w + n_f fading keys; the band is the oldest n_f: positions <= t - w.
         in_band = (band.pos >= 0) & (band.pos <= (pos - self.window)[:, None])
         segments = [(q_rot, state.window.k, state.window.v, state.window.pos >= 0),

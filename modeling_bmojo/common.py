@@ -38,9 +38,25 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps, use_kernels=self.use_kernels)
 
 
+def _inverse_frequencies(dim, theta, device):
+    return theta ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+
+
+# Eagerly, each layer call would recompute the same D/2 frequencies (4 launches per layer and token of an
+# eager decode step); they are kept per (dim, theta, device) instead. Traced code computes them inline,
+# where the compiler folds them.
+_INVERSE_FREQUENCIES = {}
+
+
 def _cos_sin(positions, dim, theta):
     """cos and sin of the RoPE angles at integer positions [...]: each [..., D/2] float32."""
-    inv_freq = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
+    if torch.compiler.is_compiling():
+        inv_freq = _inverse_frequencies(dim, theta, positions.device)
+    else:
+        key = (dim, float(theta), positions.device)
+        inv_freq = _INVERSE_FREQUENCIES.get(key)
+        if inv_freq is None:
+            inv_freq = _INVERSE_FREQUENCIES[key] = _inverse_frequencies(dim, theta, positions.device)
     angles = positions.float()[..., None] * inv_freq
     return angles.cos(), angles.sin()
 

@@ -13,7 +13,7 @@ import functools
 import torch
 from torch import nn
 
-from ..kernels.dispatch import fill_set_, fused_on_prefill, prefill_kernels_used, select_best
+from ..kernels.dispatch import fill_set_, fused_on_prefill, state_kernels_used, select_best
 from ..kernels.innovation.naive import EMPTY, chunk_candidates, eidetic_stores, innovation_scores, merge_sets
 from .common import where_rows
 
@@ -44,7 +44,7 @@ def gather_tokens(x, pos):
 
 # With BMOJO_FUSED_PREFILL=1 the parallel selection's pieces run on CUDA as compiled graphs
 # (kernels/dispatch.py `fused_on_prefill`; the same functions, eager otherwise and inlined under an outer
-# torch.compile); with BMOJO_PREFILL_KERNELS=1 as Triton kernels (`select_best`, `fill_set_`). Eagerly they
+# torch.compile); with BMOJO_STATE_KERNELS=1 as Triton kernels (`select_best`, `fill_set_`). Eagerly they
 # are ~150 tiny launches per layer, and an eager 2k-token prefill waits on its host issuing them.
 
 
@@ -123,10 +123,10 @@ def sets_after_prefill(lengths, window, cands, stores, keys, values):
 
 def fill_sets_after_prefill_(sets, lengths, window, cands, stores, keys, values, use_kernels="auto"):
     """The state's store, prev and cur sets (TokenSets, by name) := what `sets_after_prefill` gives, in place.
-    With BMOJO_PREFILL_KERNELS=1 on CUDA one Triton launch writes each set (kernels/state_fill/rows.py);
+    With BMOJO_STATE_KERNELS=1 on CUDA one Triton launch writes each set (kernels/state_fill/rows.py);
     otherwise, and for a store that grew past its fixed size (an unbounded store), the reference."""
     fixed = stores[0].shape[2] == sets["store"].size and cands[0].shape[2] == sets["cur"].size
-    if fixed and prefill_kernels_used(keys, use_kernels):
+    if fixed and state_kernels_used(keys, use_kernels):
         for name, (chunk_s, chunk_p), offset in (("store", stores, 0), ("prev", cands, -1), ("cur", cands, 0)):
             if sets[name].size:
                 fill_set_(sets[name].as_tuple(), chunk_s, chunk_p, offset, lengths, window, keys, values)

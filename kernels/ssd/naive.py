@@ -44,13 +44,20 @@ def ssd_recurrent(x, dt, A, B, C, D=None, initial_state=None, output_final_state
     return y.to(x.dtype), (state if output_final_state else None)
 
 
+def _per_head(t, heads):
+    """[B, G, N] -> [B, H, N], each group's row for its H / G heads: a view when G = 1 (no copy to launch in
+    an eager decode step), else repeated."""
+    if t.shape[1] == 1:
+        return t.expand(-1, heads, -1)
+    return t.repeat_interleave(heads // t.shape[1], dim=1)
+
+
 def ssd_step(x, dt, A, B, C, state, D=None):
     """One decoding step. x [B, H, P], dt [B, H], B/C [B, G, N], state [B, H, P, N] (float32).
 
     Returns (y [B, H, P], new_state)."""
     heads = x.shape[1]
-    Bh = _acc(B).repeat_interleave(heads // B.shape[1], dim=1)
-    Ch = _acc(C).repeat_interleave(heads // C.shape[1], dim=1)
+    Bh, Ch = (_per_head(_acc(t), heads) for t in (B, C))
     xf, dtf = _acc(x), _acc(dt)
     decay = torch.exp(dtf * _acc(A))
     # Broadcasts and a sum rather than einsums: a compiled decode step then fuses the state update and

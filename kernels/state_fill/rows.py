@@ -1,6 +1,7 @@
-"""The state a prefill leaves, written in one Triton launch per buffer group instead of ~20 small ops each.
+"""Writes of the decoding state in one Triton launch per buffer group instead of ~12-20 small ops each.
 
-An eager prefill is bound by its host: after the parallel pass, every B'MOJO layer filled its two rings
+Eager prefills and eager decode steps are bound by their host. After the parallel pass, every B'MOJO layer
+filled its two rings
 (`naive.fill_ring_reference_`, 22 launching ops each) and its three eidetic sets
 (`modeling_bmojo.innovation.sets_after_prefill` and the copies into the state, 58) with tiny ops, about a
 third of the layer's launches at 1 x 2048 (benchmarks/prefill_ops.py). Each kernel here computes its rows'
@@ -8,6 +9,8 @@ positions itself and copies those rows of keys and values:
 
   - `fill_ring_triton_`: slot j of a ring of size S gets the last position p < length with p % S == j
     (or -1 and zeros when the row has no such token);
+  - `push_rings_triton_`: a decode step's token into the window ring and the fading band's ring
+    (`KeyValueRing.push` on each, ~12 small ops apiece in an eager step);
   - `fill_set_triton_`: one eidetic set (the store, or the previous or current chunk's candidates) reads its
     scores and positions from the per-chunk selection at the row's last chunk (offset by -1 for prev), and
     the keys and values of those positions (EMPTY and zeros where a slot is empty).
@@ -82,6 +85,33 @@ def _set_fill_kernel(SRC_S, SRC_P, LENGTHS, K, V, DS, DP, DK, DV, S, NC, window,
                BLOCK_HD)
 
 
+@triton.jit
+def _push_kernel(K0, V0, K1, V1, DK0, DV0, DP0, DK1, DV1, DP1, POS, VALID, S0, S1, HD,
+                 BLOCK_HD: tl.constexpr):
+    """Grid (B, 2): row b's token into ring 0 (the window) or ring 1 (the fading band), slot pos % S."""
+    b = tl.program_id(0).to(tl.int64)
+    if tl.load(VALID + b) != 0:
+        pos = tl.load(POS + b).to(tl.int64)
+        if tl.program_id(1) == 0:
+            _push_row(K0, V0, DK0, DV0, DP0, b, pos, S0, HD, BLOCK_HD)
+        else:
+            _push_row(K1, V1, DK1, DV1, DP1, b, pos, S1, HD, BLOCK_HD)
+
+
+@triton.jit
+def _push_row(K, V, DK, DV, DP, b, pos, S, HD, BLOCK_HD: tl.constexpr):
+    """DK[b, pos % S] = K[b] (contiguous [B, HD]), DV likewise, DP[b, pos % S] = pos."""
+    slot = b * S + pos % S
+    tl.store(DP + slot, pos)
+    for d0 in range(0, HD, BLOCK_HD):
+        hd = d0 + tl.arange(0, BLOCK_HD)
+        inside = hd < HD
+        k = tl.load(K + b * HD + hd, mask=inside)
+        v = tl.load(V + b * HD + hd, mask=inside)
+        tl.store(DK + slot * HD + hd, k.to(DK.dtype.element_ty), mask=inside)
+        tl.store(DV + slot * HD + hd, v.to(DV.dtype.element_ty), mask=inside)
+
+
 def _rows(x):
     """x [B, T, Hkv, D] with each token's Hkv x D elements contiguous (a copy otherwise), and its strides."""
     if x.stride(-1) != 1 or x.stride(-2) != x.shape[-1]:
@@ -154,3 +184,32 @@ def fill_set_triton_(token_set, chunk_s, chunk_p, chunk_offset, lengths, window,
         raise ValueError(f"window must be >= 1; got {window}")
     _fill_set_op(s, p, k, v, chunk_s.float().contiguous(), chunk_p.contiguous(), lengths.contiguous(),
                  keys, values, int(window), int(chunk_offset))
+
+
+@kernel_op("push_rings", fake=_fake,
+           mutates=("window_k", "window_v", "window_pos", "band_k", "band_v", "band_pos"))
+def _push_rings_op(window_k: Tensor, window_v: Tensor, window_pos: Tensor, band_k: Tensor, band_v: Tensor,
+                   band_pos: Tensor, k: Tensor, v: Tensor, kf: Tensor, vf: Tensor, pos: Tensor,
+                   valid: Tensor) -> None:
+    batch = int(pos.shape[0])
+    hd = int(k[0].numel())
+    launch(_push_kernel, traced=False)[(batch, 2)](
+        k, v, kf, vf, window_k, window_v, window_pos, band_k, band_v, band_pos, pos,
+        valid, int(window_pos.shape[1]), int(band_pos.shape[1]), hd,
+        BLOCK_HD=min(BLOCK_HD, max(16, triton.next_power_of_2(hd))))
+
+
+def push_rings_triton_(window, band, k, v, kf, vf, pos, valid):
+    """One token per row into two rings at once, in place, as `KeyValueRing.push` on each: window and band are
+    (k [B, S, Hkv, D], v, pos [B, S] int64) contiguous; k, v go to the window, kf, vf to the band, each
+    [B, Hkv, D]; pos [B] int64; rows where valid [B] is False keep their rings."""
+    for name, ring, keys, values in (("window", window, k, v), ("band", band, kf, vf)):
+        if keys.shape != values.shape or tuple(keys.shape) != (ring[0].shape[0], *ring[0].shape[2:]):
+            raise ValueError(f"push_rings_triton_: {name} keys and values must both be [B, Hkv, D] = "
+                             f"{(ring[0].shape[0], *ring[0].shape[2:])}; got {tuple(keys.shape)} and "
+                             f"{tuple(values.shape)}")
+        if not all(t.is_contiguous() for t in ring) or ring[2].dtype != torch.int64:
+            raise ValueError(f"push_rings_triton_: the {name} ring's tensors must be contiguous and its "
+                             f"positions int64 (it is written in place)")
+    _push_rings_op(*window, *band, k.contiguous(), v.contiguous(), kf.contiguous(), vf.contiguous(),
+                   pos.contiguous(), valid.contiguous())

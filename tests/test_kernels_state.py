@@ -1,13 +1,13 @@
-"""The eager prefill's Triton kernels (BMOJO_PREFILL_KERNELS=1) against the PyTorch definitions: the eidetic
-selection's best-k per row (kernels/innovation/select.py against naive.py `take_best`), and the state the
-prefill leaves (kernels/state_fill/rows.py): the rings (state_fill/naive.py `fill_ring_reference_`) and the
-eidetic sets (modeling_bmojo/innovation.py `sets_after_prefill`). They select and copy, so the results must
-be equal, bit for bit.
+"""The Triton kernels of BMOJO_STATE_KERNELS=1 against the PyTorch definitions: the eidetic selection's best-k
+per row (kernels/innovation/select.py against naive.py `take_best`), and the writes of the decoding state
+(kernels/state_fill/rows.py): the prefill's rings (state_fill/naive.py `fill_ring_reference_`) and eidetic
+sets (modeling_bmojo/innovation.py `sets_after_prefill`), and a decode step's ring pushes
+(`KeyValueRing.push`). They select and copy, so the results must be equal, bit for bit.
 
 CPU: the Triton interpreter (TRITON_INTERPRET=1, in a child pytest: conftest.triton_interpreter_marks) on tiny
-shapes, and a tiny model's prefill with the kernels forced on against the same prefill without them (cache
-and logits). GPU (skipped without CUDA): the bench model's sizes in bf16, and the model's cache with the
-kernels against the default path.
+shapes, and a tiny model's prefill and eager decode steps with the kernels forced on against the same calls
+without them (logits and cache). GPU (skipped without CUDA): the bench model's sizes in bf16, and the model's
+outputs with the kernels against the default path.
 """
 
 import pytest
@@ -17,14 +17,15 @@ import bmojo
 from bmojo.kernels import dispatch
 from bmojo.kernels.innovation.naive import EMPTY, take_best
 from bmojo.kernels.state_fill.naive import fill_ring_reference_
-from bmojo.modeling_bmojo import innovation
+from bmojo.modeling_bmojo import attention, innovation
 from bmojo.modeling_bmojo.innovation import sets_after_prefill
+from bmojo.modeling_bmojo.state import KeyValueRing
 from conftest import run_under_interpreter, triton_interpreter_marks
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 try:
     from bmojo.kernels.innovation.select import MAX_ROW, take_best_triton
-    from bmojo.kernels.state_fill.rows import fill_ring_triton_, fill_set_triton_
+    from bmojo.kernels.state_fill.rows import fill_ring_triton_, fill_set_triton_, push_rings_triton_
 except Exception as exc:  # a Triton build that cannot load the kernels
     pytest.skip(f"Triton kernels unavailable here: {exc!r}", allow_module_level=True)
 
@@ -98,32 +99,69 @@ def check_take_best(batch, rows, size, k, seed=0, expanded_pos=True):
         assert torch.equal(g, w), (name, batch, rows, size, k)
 
 
+def check_push(batch, sizes, steps, heads=2, dim=8, dtype=torch.float32, seed=0):
+    """Pushes into two rings, the kernel against `KeyValueRing.push` on each; some rows invalid per step."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rings():
+        return [KeyValueRing(batch, size, heads, dim, DEVICE, dtype) for size in sizes]
+
+    want, got = rings(), rings()
+    pos = torch.randint(0, 5, (batch,), generator=gen)
+    for _ in range(steps):
+        k, v, kf, vf = (torch.randn(batch, heads, dim, generator=gen).to(DEVICE, dtype) for _ in range(4))
+        valid = torch.rand(batch, generator=gen) < 0.8
+        at, ok = pos.to(DEVICE), valid.to(DEVICE)
+        want[0].push(k, v, at, ok)
+        want[1].push(kf, vf, at, ok)
+        push_rings_triton_(*[(r.k, r.v, r.pos) for r in got], k, v, kf, vf, at, ok)
+        pos = pos + valid.long()
+    for w, g in zip(want, got):
+        for name in ("k", "v", "pos"):
+            assert torch.equal(getattr(g, name), getattr(w, name)), (name, w.size)
+
+
+def forced(monkeypatch, on):
+    """BMOJO_STATE_KERNELS as if set (on) or not, whatever the device: every module's view of the switch."""
+    switch = (lambda tensor, use_kernels="auto": on)
+    for module in (dispatch, innovation, attention):
+        monkeypatch.setattr(module, "state_kernels_used", switch)
+
+
 @torch.no_grad()
-def prefill_outputs(model, ids, mask, kernels, monkeypatch):
-    """The logits and every tensor of the cache a prefill leaves, the prefill kernels forced on or off."""
+def prefill_and_decode(model, ids, mask, extra, kernels, monkeypatch):
+    """The logits of a prefill and of eager decode steps, and every tensor of the cache after each call, the
+    state kernels forced on or off."""
     with monkeypatch.context() as patch:
-        forced = (lambda tensor, use_kernels="auto": kernels)
-        patch.setattr(dispatch, "prefill_kernels_used", forced)
-        patch.setattr(innovation, "prefill_kernels_used", forced)
+        forced(patch, kernels)
         out = model(ids, attention_mask=mask, use_cache=True)
-    tensors = {f"{i}.{name}": t.clone()
-               for i, state in enumerate(out.past_key_values.states) for name, t in state.named_tensors()}
-    return dict(tensors, logits=out.logits)
+        results, cache = [], out.past_key_values
+
+        def record(logits):
+            results.append(logits.clone())
+            results.extend(t.clone() for state in cache.states for _, t in state.named_tensors())
+
+        record(out.logits)
+        for t in range(extra.shape[1]):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            record(model(extra[:, t:t + 1], past_key_values=cache, attention_mask=mask).logits)
+    return results
 
 
-def check_model(config, lengths, monkeypatch, dtype=torch.float32):
+def check_model(config, lengths, monkeypatch, dtype=torch.float32, steps=12):
     model = bmojo.BMojoForCausalLM(config).to(DEVICE, dtype).eval()
     seqlen = max(lengths)
     gen = torch.Generator().manual_seed(5)
     ids = torch.randint(3, config.vocab_size, (len(lengths), seqlen), generator=gen).to(DEVICE)
+    extra = torch.randint(3, config.vocab_size, (len(lengths), steps), generator=gen).to(DEVICE)
     mask = torch.zeros(len(lengths), seqlen, dtype=torch.long, device=DEVICE)
     for row, n in enumerate(lengths):
         mask[row, seqlen - n:] = 1  # left padding, as generate() pads a batch
-    got = prefill_outputs(model, ids, mask, True, monkeypatch)
-    want = prefill_outputs(model, ids, mask, False, monkeypatch)
-    assert got.keys() == want.keys()
-    for name in want:
-        assert torch.equal(got[name], want[name]), name
+    got = prefill_and_decode(model, ids, mask, extra, True, monkeypatch)
+    want = prefill_and_decode(model, ids, mask, extra, False, monkeypatch)
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g, w), i
 
 
 # ---------------------------------------------------------------- CPU: Triton interpreter, tiny shapes
@@ -153,6 +191,12 @@ def test_interpreter_ring_equals_reference(size, lengths, seqlen):
 
 
 @on_interpreter
+@pytest.mark.parametrize("batch,sizes,steps", [(3, (4, 12), 30), (1, (8, 8), 5)])
+def test_interpreter_push_equals_reference(batch, sizes, steps):
+    check_push(batch, sizes, steps)
+
+
+@on_interpreter
 def test_interpreter_ring_reads_strided_keys_and_casts():
     check_ring(8, [11, 3], 11, strided=True)
     check_ring(8, [11, 3], 11, dtype=torch.float16)
@@ -170,9 +214,10 @@ def test_interpreter_sets_equal_reference(lengths, window, chunks):
 
 @on_interpreter
 @pytest.mark.parametrize("preset", ["tiny", "bmojo-f-tiny", "swa-transformer-tiny"])
-def test_interpreter_model_prefill_equals_reference(preset, monkeypatch):
-    """A tiny model's prefill of a left-padded batch: the logits and every cache tensor with the prefill
-    kernels forced on equal the default path's (selection, rings, sets, SSM and conv states)."""
+def test_interpreter_model_equals_reference(preset, monkeypatch):
+    """A tiny model's prefill of a left-padded batch and 12 eager decode steps (across chunk boundaries): the
+    logits and every cache tensor after each call, with the state kernels forced on, equal the default
+    path's (selection, rings, sets, SSM and conv states)."""
     config = bmojo.preset_config(preset, use_kernels=False)
     check_model(config, [29, 13, 4], monkeypatch)
 
@@ -200,8 +245,7 @@ def test_custom_ops_pass_opcheck():
 def test_compiled_selection_equals_eager(monkeypatch):
     """The parallel form's eidetic selection with the Triton best-k, traced whole by torch.compile
     (aot_eager, fullgraph): no graph break, the eager values."""
-    forced = (lambda tensor, use_kernels="auto": True)
-    monkeypatch.setattr(dispatch, "prefill_kernels_used", forced)
+    forced(monkeypatch, True)
     gen = torch.Generator().manual_seed(3)
     scores = torch.randint(0, 4, (2, 40), generator=gen).float()
     real = torch.arange(40)[None] < torch.tensor([[40], [23]])
@@ -262,11 +306,12 @@ def test_gpu_bf16_rings_and_sets_equal_reference():
     for size in (512, 1024):
         check_ring(size, lengths, 2048, heads=12, dim=64, dtype=torch.bfloat16)
     check_sets(lengths, 512, 4, store=512, per_chunk=32, seqlen=2048, heads=12, dim=64, dtype=torch.bfloat16)
+    check_push(16, (512, 1024), 40, heads=12, dim=64, dtype=torch.bfloat16)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-def test_gpu_model_prefill_equals_reference(monkeypatch):
+def test_gpu_model_equals_reference(monkeypatch):
     """bmojo-130m's layer (2 layers), bf16, Triton kernels elsewhere as shipped: the logits and the cache
-    equal the default path's, tensor for tensor."""
+    after the prefill and each eager decode step equal the default path's, tensor for tensor."""
     config = bmojo.preset_config("bmojo-130m", num_hidden_layers=2)
     check_model(config, [1100, 600, 7], monkeypatch, dtype=torch.bfloat16)
