@@ -13,7 +13,7 @@ import functools
 import torch
 from torch import nn
 
-from ..kernels.dispatch import fill_set_, fused_on_prefill, state_kernels_used, select_best
+from ..kernels.dispatch import fill_set_, fused_on_prefill, select_best, state_kernels_used
 from ..kernels.innovation.naive import EMPTY, chunk_candidates, eidetic_stores, innovation_scores, merge_sets
 from .common import where_rows
 
@@ -127,7 +127,8 @@ def fill_sets_after_prefill_(sets, lengths, window, cands, stores, keys, values,
     otherwise, and for a store that grew past its fixed size (an unbounded store), the reference."""
     fixed = stores[0].shape[2] == sets["store"].size and cands[0].shape[2] == sets["cur"].size
     if fixed and state_kernels_used(keys, use_kernels):
-        for name, (chunk_s, chunk_p), offset in (("store", stores, 0), ("prev", cands, -1), ("cur", cands, 0)):
+        sources = (("store", stores, 0), ("prev", cands, -1), ("cur", cands, 0))  # the chunk: last + offset
+        for name, (chunk_s, chunk_p), offset in sources:
             if sets[name].size:
                 fill_set_(sets[name].as_tuple(), chunk_s, chunk_p, offset, lengths, window, keys, values)
         return
