@@ -177,8 +177,8 @@ _fill_ring_reference = fused_on_prefill(fill_ring_reference_)
 
 
 def state_kernels_used(tensor, use_kernels="auto"):
-    """Whether `select_best`, `fill_ring_`, `fill_set_` and `push_rings_` take the Triton kernels for inputs
-    like `tensor`."""
+    """Whether `select_best`, `fill_ring_`, `fill_set_`, `gather_tokens_` and `push_rings_` take the Triton
+    kernels for inputs like `tensor`."""
     return STATE_KERNELS and use_triton(tensor, use_kernels)
 
 
@@ -217,3 +217,11 @@ def push_rings_(window, band, k, v, kf, vf, pos, valid):
     steps only: a compiled step fuses the reference's writes itself)."""
     from .state_fill.rows import push_rings_triton_
     push_rings_triton_(window, band, k, v, kf, vf, pos, valid)
+
+
+def gather_tokens_(keys, values, pos):
+    """keys and values at positions pos [B, ...] (EMPTY: zeros) by one Triton launch, without autograd
+    (state_fill/rows.py `gather_tokens_triton`; callers check `state_kernels_used` and that no gradient is
+    needed; the reference is `modeling_bmojo.innovation.gather_tokens`)."""
+    from .state_fill.rows import gather_tokens_triton
+    return gather_tokens_triton(keys, values, pos)

@@ -1,8 +1,8 @@
 """The Triton kernels of BMOJO_STATE_KERNELS=1 against the PyTorch definitions: the eidetic selection's best-k
 per row (kernels/innovation/select.py against naive.py `take_best`), and the writes of the decoding state
-(kernels/state_fill/rows.py): the prefill's rings (state_fill/naive.py `fill_ring_reference_`) and eidetic
-sets (modeling_bmojo/innovation.py `sets_after_prefill`), and a decode step's ring pushes
-(`KeyValueRing.push`). They select and copy, so the results must be equal, bit for bit.
+(kernels/state_fill/rows.py): the prefill's rings (state_fill/naive.py `fill_ring_reference_`), eidetic
+sets (modeling_bmojo/innovation.py `sets_after_prefill`) and store tokens (`gather_tokens`), and a decode
+step's ring pushes (`KeyValueRing.push`). They select and copy, so the results must be equal, bit for bit.
 
 CPU: the Triton interpreter (TRITON_INTERPRET=1, in a child pytest: conftest.triton_interpreter_marks) on tiny
 shapes, and a tiny model's prefill and eager decode steps with the kernels forced on against the same calls
@@ -18,14 +18,15 @@ from bmojo.kernels import dispatch
 from bmojo.kernels.innovation.naive import EMPTY, take_best
 from bmojo.kernels.state_fill.naive import fill_ring_reference_
 from bmojo.modeling_bmojo import attention, innovation
-from bmojo.modeling_bmojo.innovation import sets_after_prefill
+from bmojo.modeling_bmojo.innovation import gather_tokens, sets_after_prefill
 from bmojo.modeling_bmojo.state import KeyValueRing
 from conftest import run_under_interpreter, triton_interpreter_marks
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 try:
     from bmojo.kernels.innovation.select import MAX_ROW, take_best_triton
-    from bmojo.kernels.state_fill.rows import fill_ring_triton_, fill_set_triton_, push_rings_triton_
+    from bmojo.kernels.state_fill.rows import (fill_ring_triton_, fill_set_triton_, gather_tokens_triton,
+                                               push_rings_triton_)
 except Exception as exc:  # a Triton build that cannot load the kernels
     pytest.skip(f"Triton kernels unavailable here: {exc!r}", allow_module_level=True)
 
@@ -97,6 +98,15 @@ def check_take_best(batch, rows, size, k, seed=0, expanded_pos=True):
     got = take_best_triton(scores, pos, k)
     for name, g, w in zip(("scores", "pos"), got, want):
         assert torch.equal(g, w), (name, batch, rows, size, k)
+
+
+def check_gather(batch, chunks, size, seqlen, heads=2, dim=8, dtype=torch.float32):
+    """Every chunk's store tokens, as the attention kernel reads them: positions with EMPTY slots."""
+    k, v = keys_values(batch, seqlen, heads, dim, dtype, seed=4, strided=True)
+    _, pos = chunk_sets(batch, chunks, size, seqlen, seed=5)
+    got = gather_tokens_triton(k, v, pos)
+    for name, g, src in zip("kv", got, (k, v)):
+        assert torch.equal(g, gather_tokens(src, pos)), name
 
 
 def check_push(batch, sizes, steps, heads=2, dim=8, dtype=torch.float32, seed=0):
@@ -191,6 +201,12 @@ def test_interpreter_ring_equals_reference(size, lengths, seqlen):
 
 
 @on_interpreter
+def test_interpreter_gather_tokens_equals_reference():
+    check_gather(2, 3, 6, 37)
+    check_gather(1, 1, 20, 5)  # more slots than tokens: positions repeat
+
+
+@on_interpreter
 @pytest.mark.parametrize("batch,sizes,steps", [(3, (4, 12), 30), (1, (8, 8), 5)])
 def test_interpreter_push_equals_reference(batch, sizes, steps):
     check_push(batch, sizes, steps)
@@ -224,8 +240,8 @@ def test_interpreter_model_equals_reference(preset, monkeypatch):
 
 @on_interpreter
 def test_custom_ops_pass_opcheck():
-    """torch.library.opcheck of the three ops: schema (the two fills mutate their first arguments), fake
-    implementation, and a traced call (aot_dispatch)."""
+    """torch.library.opcheck of the five ops: schema (the fills and the push mutate their first arguments),
+    fake implementation, and a traced call (aot_dispatch)."""
     gen = torch.Generator().manual_seed(7)
     scores = torch.randn(2, 3, 20, generator=gen)
     pos = torch.arange(20).expand(2, 3, 20).contiguous()
@@ -237,6 +253,12 @@ def test_custom_ops_pass_opcheck():
     token_set = (torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, 2, 4),
                  torch.zeros(2, 3, 2, 4))
     chunk_s, chunk_p = torch.randn(2, 2, 3, generator=gen), torch.randint(0, 11, (2, 2, 3), generator=gen)
+    torch.library.opcheck(torch.ops.bmojo.gather_tokens.default,
+                          (k, v, torch.tensor([[0, 10, 3], [EMPTY, 5, 5]])))
+    band = (torch.zeros(2, 12, 2, 4), torch.zeros(2, 12, 2, 4), torch.full((2, 12), -1))
+    one = [torch.randn(2, 2, 4, generator=gen) for _ in range(4)]
+    torch.library.opcheck(torch.ops.bmojo.push_rings.default,
+                          (*ring, *band, *one, torch.tensor([9, 3]), torch.tensor([True, False])))
     torch.library.opcheck(torch.ops.bmojo.fill_set.default,
                           (*token_set, chunk_s, chunk_p, lengths, k, v, 8, 0))
 
@@ -307,6 +329,7 @@ def test_gpu_bf16_rings_and_sets_equal_reference():
         check_ring(size, lengths, 2048, heads=12, dim=64, dtype=torch.bfloat16)
     check_sets(lengths, 512, 4, store=512, per_chunk=32, seqlen=2048, heads=12, dim=64, dtype=torch.bfloat16)
     check_push(16, (512, 1024), 40, heads=12, dim=64, dtype=torch.bfloat16)
+    check_gather(1, 64, 512, 32768, heads=12, dim=64, dtype=torch.bfloat16)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")

@@ -11,6 +11,8 @@ positions itself and copies those rows of keys and values:
     (or -1 and zeros when the row has no such token);
   - `push_rings_triton_`: a decode step's token into the window ring and the fading band's ring
     (`KeyValueRing.push` on each, ~12 small ops apiece in an eager step);
+  - `gather_tokens_triton`: the keys and values of every chunk's store for the attention kernel, in a
+    prefill (no autograd);
   - `fill_set_triton_`: one eidetic set (the store, or the previous or current chunk's candidates) reads its
     scores and positions from the per-chunk selection at the row's last chunk (offset by -1 for prev), and
     the keys and values of those positions (EMPTY and zeros where a slot is empty).
@@ -110,6 +112,18 @@ def _push_row(K, V, DK, DV, DP, b, pos, S, HD, BLOCK_HD: tl.constexpr):
         v = tl.load(V + b * HD + hd, mask=inside)
         tl.store(DK + slot * HD + hd, k.to(DK.dtype.element_ty), mask=inside)
         tl.store(DV + slot * HD + hd, v.to(DV.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _gather_kernel(K, V, POS, OK, OV, R, HD, skb, skt, svb, svt, BLOCK_S: tl.constexpr,
+                   BLOCK_HD: tl.constexpr):
+    """Grid (B, R tiles): OK[b, j] = K[b, POS[b, j]], zeros where POS is EMPTY (OV from V likewise)."""
+    b = tl.program_id(0).to(tl.int64)
+    slots = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
+    slot_ok = slots < R
+    pos = tl.load(POS + b * R + slots, mask=slot_ok, other=EMPTY)
+    _copy_rows(K, V, OK, OV, b, pos, slot_ok & (pos != EMPTY), slots, slot_ok, R, HD, skb, skt, svb, svt,
+               BLOCK_HD)
 
 
 def _rows(x):
@@ -213,3 +227,36 @@ def push_rings_triton_(window, band, k, v, kf, vf, pos, valid):
                              f"positions int64 (it is written in place)")
     _push_rings_op(*window, *band, k.contiguous(), v.contiguous(), kf.contiguous(), vf.contiguous(),
                    pos.contiguous(), valid.contiguous())
+
+
+def _gather_fake(keys, values, pos):
+    shape = (*pos.shape, *keys.shape[2:])
+    return keys.new_empty(shape), values.new_empty(shape)
+
+
+@kernel_op("gather_tokens", fake=_gather_fake)
+def _gather_tokens_op(keys: Tensor, values: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+    """keys, values [B, T, Hkv, D] (each token's Hkv x D contiguous), pos [B, ...] int64 contiguous ->
+    [B, ..., Hkv, D] each."""
+    batch, rows = int(pos.shape[0]), int(pos[0].numel())
+    out_k = torch.empty((*pos.shape, *keys.shape[2:]), device=keys.device, dtype=keys.dtype)
+    out_v = torch.empty((*pos.shape, *values.shape[2:]), device=values.device, dtype=values.dtype)
+    hd = int(keys[0, 0].numel())
+    launch(_gather_kernel)[_grid(batch, rows)](
+        keys, values, pos, out_k, out_v, rows, hd, keys.stride(0), keys.stride(1), values.stride(0),
+        values.stride(1), BLOCK_S=BLOCK_S, BLOCK_HD=min(BLOCK_HD, max(16, triton.next_power_of_2(hd))))
+    return out_k, out_v
+
+
+def gather_tokens_triton(keys, values, pos):
+    """`modeling_bmojo.innovation.gather_tokens` of keys and of values in one launch, without autograd:
+    keys, values [B, T, Hkv, D], pos [B, ...] int64 positions in [0, T) or EMPTY -> two [B, ..., Hkv, D]
+    tensors, zeros where pos is EMPTY."""
+    if keys.dim() != 4 or keys.shape != values.shape or pos.shape[0] != keys.shape[0]:
+        raise ValueError(f"gather_tokens_triton: keys and values must both be [B, T, Hkv, D] and pos "
+                         f"[B, ...]; got {tuple(keys.shape)}, {tuple(values.shape)}, pos {tuple(pos.shape)}")
+    if pos.dtype != torch.int64:
+        raise ValueError(f"gather_tokens_triton: pos must be int64; got {pos.dtype}")
+    keys, _, _ = _rows(keys)
+    values, _, _ = _rows(values)
+    return _gather_tokens_op(keys, values, pos.contiguous())
