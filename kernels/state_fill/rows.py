@@ -18,7 +18,8 @@ positions itself and copies those rows of keys and values:
     the keys and values of those positions (EMPTY and zeros where a slot is empty).
 
 One program per (row, block of slots); each copies its rows' keys and values, flattened heads x dim, read
-through the source's batch and time strides. Registered as mutating custom ops (kernels/custom_ops.py).
+through the source's batch and time strides. The fills and the push are registered as mutating custom ops,
+the gather as an op that returns new tensors (kernels/custom_ops.py).
 """
 
 import torch
