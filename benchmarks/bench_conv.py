@@ -104,6 +104,12 @@ def rel_err(fn, x, w, b, grad):
     return max(((g - r).norm() / r.norm()).item() for g, r in zip(got, ref))
 
 
+def failure(shape, name, exc):
+    """A row that raised: printed, and its JSON entry."""
+    print(f"{shape} {name}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
+    return dict(shape=shape, row=name, error=f"{type(exc).__name__}: {exc}"[:500])
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", default="8x2048,2x8192")
@@ -136,8 +142,7 @@ def main():
                 device, launches, top = kernel_ms(fn, x, w16, b16, grad)
                 err = rel_err(fn, x, w, b, grad)
             except Exception as exc:  # a library kernel that fails here is reported, not fatal
-                print(f"{shape} {name}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
-                results.append(dict(shape=shape, row=name, error=f"{type(exc).__name__}: {exc}"[:500]))
+                results.append(failure(shape, name, exc))
                 continue
             print(f"{shape} C={args.channels} {name:>34}: fwd+bwd {ms:7.3f} ms wall, {device:7.3f} ms device "
                   f"in {launches:.0f} kernels, rel err (fp32) {err:.2e}\n    {top}")
@@ -159,8 +164,7 @@ def main():
                 with torch.no_grad():
                     err = ((fn(x, w, b).float() - want).norm() / want.norm()).item()
             except Exception as exc:
-                print(f"{shape} {name}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
-                results.append(dict(shape=shape, row=name, error=f"{type(exc).__name__}: {exc}"[:500]))
+                results.append(failure(shape, name, exc))
                 continue
             print(f"{shape} C={args.channels} {name:>34}: no-grad fwd {ms:7.4f} ms, "
                   f"rel err vs eager {err:.2e}")

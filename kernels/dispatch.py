@@ -91,6 +91,12 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, initial_state=None, output_fina
                        output_final_state=output_final_state)
 
 
+def needs_grad(*tensors):
+    """Whether autograd would record an op on these tensors (None entries allowed): the Triton paths without a
+    backward (or not measured with one) run only when it would not."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 # The Triton short convolution (conv/causal.py) runs by default where no gradient is needed (a prefill): there
 # it reads the mixer's strided [B, T, C] layout directly, and its no-grad forward took 0.10 ms against aten's
 # 0.64 ms at 1 x 32k and 16 x 2k (H200, 1,024 channels, bf16; benchmarks/bench_conv.py --fwd-shapes,
@@ -101,8 +107,7 @@ CONV_KERNEL = os.environ.get("BMOJO_CONV_KERNEL", "0") == "1"
 
 def causal_conv1d_silu(x, weight, bias=None, use_kernels="auto"):
     """silu(causal depthwise conv1d(x) + bias): x [B, T, C], weight [C, K], bias [C] -> [B, T, C]."""
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if (CONV_KERNEL or not needs_grad) and use_triton(x, use_kernels):
+    if (CONV_KERNEL or not needs_grad(x, weight, bias)) and use_triton(x, use_kernels):
         # imported here, not at the top: it imports triton, which CPU-only installs may lack
         from .conv.causal import causal_conv1d_silu_triton
         return causal_conv1d_silu_triton(x, weight, bias)
@@ -122,10 +127,6 @@ def memory_attention(q_rot, k, v, window, use_kernels="auto", **kwargs):
     return memory_attention_chunked(q_rot, k, v, window, **kwargs)
 
 
-def _needs_grad(segments):
-    return torch.is_grad_enabled() and any(t.requires_grad for seg in segments for t in seg[:3])
-
-
 # The fused decode kernel (memory_attention/decode.py) is the CUDA default; BMOJO_DECODE_KERNEL=0 falls
 # back to the reference (which the compiler fuses), e.g. to bisect a decoding difference.
 DECODE_KERNEL = os.environ.get("BMOJO_DECODE_KERNEL", "1") != "0"
@@ -135,7 +136,8 @@ def decode_attention(segments, scale, use_kernels="auto"):
     """One query per row against 1 to 3 key segments [(q [B, H, D], k, v [B, S, Hkv, D], mask [B, S])],
     one softmax -> [B, H, D]. The Triton kernel has no backward: when a gradient is needed, the reference
     runs."""
-    if DECODE_KERNEL and use_triton(segments[0][0], use_kernels) and not _needs_grad(segments):
+    queries_keys_values = (t for segment in segments for t in segment[:3])
+    if DECODE_KERNEL and use_triton(segments[0][0], use_kernels) and not needs_grad(*queries_keys_values):
         # imported here, not at the top: it imports triton, which CPU-only installs may lack
         from .memory_attention.decode import decode_attention_triton
         return decode_attention_triton(segments, scale)

@@ -13,7 +13,7 @@ import functools
 import torch
 from torch import nn
 
-from ..kernels.dispatch import (fill_set_, fused_on_prefill, gather_tokens_, select_best,
+from ..kernels.dispatch import (fill_set_, fused_on_prefill, gather_tokens_, needs_grad, select_best,
                                 state_kernels_used)
 from ..kernels.innovation.naive import EMPTY, chunk_candidates, eidetic_stores, innovation_scores, merge_sets
 from .common import where_rows
@@ -62,8 +62,7 @@ def parallel_eidetic(scores, real, keys, values, window, per_chunk, capacity, us
     take = functools.partial(select_best, use_kernels=use_kernels)
     cand_s, cand_p = chunk_candidates(scores, real, window, per_chunk, take=take)
     store_s, store_p = eidetic_stores(cand_s, cand_p, capacity, take=take)
-    needs_grad = torch.is_grad_enabled() and (keys.requires_grad or values.requires_grad)
-    if not needs_grad and state_kernels_used(keys, use_kernels):  # a prefill: one launch for both
+    if not needs_grad(keys, values) and state_kernels_used(keys, use_kernels):  # a prefill: one launch
         store_k, store_v = gather_tokens_(keys, values, store_p)
         store_valid = ~torch.isneginf(store_s)
     else:

@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..custom_ops import kernel_op, launch
-from ..innovation.decode import EMPTY
+from ..innovation.decode import EMPTY, _copy_row
 from .naive import NO_TOKEN as NAIVE_NO_TOKEN
 
 # A name, not a module object: Triton reads globals as constexprs, and the Hub's flat file merges modules
@@ -106,13 +106,8 @@ def _push_row(K, V, DK, DV, DP, b, pos, S, HD, BLOCK_HD: tl.constexpr):
     """DK[b, pos % S] = K[b] (contiguous [B, HD]), DV likewise, DP[b, pos % S] = pos."""
     slot = b * S + pos % S
     tl.store(DP + slot, pos)
-    for d0 in range(0, HD, BLOCK_HD):
-        hd = d0 + tl.arange(0, BLOCK_HD)
-        inside = hd < HD
-        k = tl.load(K + b * HD + hd, mask=inside)
-        v = tl.load(V + b * HD + hd, mask=inside)
-        tl.store(DK + slot * HD + hd, k.to(DK.dtype.element_ty), mask=inside)
-        tl.store(DV + slot * HD + hd, v.to(DV.dtype.element_ty), mask=inside)
+    _copy_row(K + b * HD, DK + slot * HD, HD, BLOCK_HD)
+    _copy_row(V + b * HD, DV + slot * HD, HD, BLOCK_HD)
 
 
 @triton.jit
