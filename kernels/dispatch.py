@@ -9,6 +9,7 @@ import torch
 from .conv.naive import causal_conv1d_silu_reference
 from .innovation.naive import decode_sets_step_, take_best
 from .memory_attention.naive import decode_attention_reference, memory_attention_chunked
+from .pointwise.naive import gated_rms_norm_reference, rms_norm_reference, rotate_reference, swiglu_reference
 from .ssd.naive import ssd_chunked
 from .ssd.naive import ssd_step as _ssd_step_reference
 from .state_fill.naive import fill_ring_reference_
@@ -79,6 +80,47 @@ def fused_on_prefill(fn):
         return fn(*args)
 
     return run
+
+
+# The norms, SwiGLU and the RoPE rotation as Triton kernels launched directly (pointwise/rows.py), in eager
+# calls on CUDA (BMOJO_POINTWISE_KERNELS=1): each replaces a compiled call (`fused_on_cuda`), whose guards and
+# wrappers cost ~0.2 ms of host time on an H200 (85 calls in a 12-layer 2k prefill, ~61 per eager decode
+# step). Opt-in until timed on a GPU: built and tested under the Triton interpreter on 2026-12-05, a day no
+# device was lent. Under torch.compile the references are traced inline either way.
+POINTWISE_KERNELS = os.environ.get("BMOJO_POINTWISE_KERNELS", "0") == "1"
+
+
+def pointwise_kernels_used(tensor, use_kernels="auto"):
+    """Whether `rms_norm`, `gated_rms_norm`, `swiglu` and `rotate` launch the Triton kernels for inputs like
+    `tensor` (outside torch.compile)."""
+    return POINTWISE_KERNELS and use_triton(tensor, use_kernels)
+
+
+def _pointwise(reference, kind):
+    """`reference` dispatched: traced inline under torch.compile; in eager calls on CUDA, the Triton kernel of
+    `pointwise/rows.py` (switch on) or the compiled copy (`fused_on_cuda`); else the reference. The wrapped
+    function takes `use_kernels` as a keyword."""
+    compiled = fused_on_cuda(reference)
+
+    @functools.wraps(reference)
+    def run(*args, use_kernels="auto"):
+        if not torch.compiler.is_compiling() and pointwise_kernels_used(args[0], use_kernels):
+            # imported here, not at the top: it imports triton, which CPU-only installs may lack
+            from .pointwise.rows import (gated_rms_norm_triton, rms_norm_triton, rotate_triton, swiglu_triton,
+                                         unsupported)
+            kernel = {rms_norm_reference: rms_norm_triton, gated_rms_norm_reference: gated_rms_norm_triton,
+                      swiglu_reference: swiglu_triton, rotate_reference: rotate_triton}[reference]
+            if unsupported(kind, *args[:-1] if kind == "norm" else args) is None:
+                return kernel(*args)
+        return compiled(*args, use_kernels=use_kernels)
+
+    return run
+
+
+rms_norm = _pointwise(rms_norm_reference, "norm")
+gated_rms_norm = _pointwise(gated_rms_norm_reference, "norm")
+swiglu = _pointwise(swiglu_reference, "swiglu")
+rotate = _pointwise(rotate_reference, "rotate")
 
 
 def ssd_scan(x, dt, A, B, C, chunk_size, D=None, initial_state=None, output_final_state=False, use_kernels="auto"):

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.dispatch import (decode_attention, eidetic_decode_step_, eidetic_kernel_used, memory_attention,
-                                push_rings_, state_kernels_used)
-from .common import RMSNorm, rope_angles, rotate
+                                push_rings_, rotate, state_kernels_used)
+from .common import RMSNorm, rope_angles
 from .innovation import InnovationPredictor, fill_sets_after_prefill_, parallel_eidetic, step_sets
 from .mamba2 import Mamba2Mixer
 from .state import AttentionState, BMojoState, copy_rows

@@ -1,28 +1,11 @@
 """Pieces every mixer uses: RMSNorm, rotary embeddings, and gathering the last tokens of each row."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.dispatch import fused_on_cuda
-
-
-@fused_on_cuda
-def rms_norm(x, weight, eps):
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (weight * xf.to(weight.dtype)).to(x.dtype)
-
-
-@fused_on_cuda
-def gated_rms_norm(y, z, weight, eps):
-    """RMSNorm(y * SiLU(z)): Mamba-2's gated output norm."""
-    return rms_norm(y * F.silu(z), weight, eps, use_kernels=False)
-
-
-@fused_on_cuda
-def swiglu(gate, up):
-    return F.silu(gate) * up
+# RMSNorm's function is kernels/pointwise/naive.py's, dispatched per call (as are the gated norm, SwiGLU and
+# the RoPE rotation, which the mixers import from the dispatcher)
+from ..kernels.dispatch import rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -103,13 +86,6 @@ def rope_angles(positions, dim, theta):
     else:
         cos, sin = _cos_sin(positions, dim, theta)
     return cos[:, :, None], sin[:, :, None]
-
-
-@fused_on_cuda
-def rotate(x, cos, sin):
-    """Applies RoPE angles from `rope_angles` to x [B, T, H, D] (rotate-half layout)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
 def gather_last(x, lengths, count):

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration.configuration_bmojo import SSM_A_INITS
-from ..kernels.dispatch import causal_conv1d_silu, ssd_scan, ssd_step
-from .common import RMSNorm, gated_rms_norm, gather_last
+from ..kernels.dispatch import causal_conv1d_silu, gated_rms_norm, ssd_scan, ssd_step
+from .common import RMSNorm, gather_last
 from .state import Mamba2State, copy_rows
 
 # Bounds of the discretisation, applied in both forms (parallel and one-token step) so they stay one function.

@@ -22,10 +22,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils import can_return_tuple
 
 from ..configuration.configuration_bmojo import BMojoConfig
+from ..kernels.dispatch import swiglu
 from .attention import Attention, BMojoMixer
 from .cache import CACHE_NAME, BMojoCache, _fingerprint, check_cache, check_cache_storage, pick_cache
 from .checkpoint import load_checked
-from .common import RMSNorm, swiglu
+from .common import RMSNorm
 from .inputs import check_inputs, left_justify_order, output_hidden_states_flag
 from .loss import linear_cross_entropy
 from .mamba2 import Mamba2Mixer, ssm_init_values
