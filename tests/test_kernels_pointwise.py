@@ -251,3 +251,32 @@ def test_gpu_bf16_at_the_bench_shapes():
     check_rotate(8, 2048, 12, 64, dtype=torch.bfloat16, tol=1e-2)
     check_rotate(16, 1, 36, 64, dtype=torch.bfloat16, tol=1e-2, positions=torch.arange(16)[:, None] * 97)
     check_norm((1, 32768), 768, gated=False, dtype=torch.bfloat16, tol=1e-2)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_model_with_the_kernels_equals_the_default_path(monkeypatch):
+    """bmojo-130m's layer (2 layers), bf16: a training step's loss and gradients, and a prefill plus 4 eager
+    decode steps' logits, with the kernels on against the compiled helpers (`fused_on_cuda`); bf16 rounds
+    differently in the two (the kernels round once, the helpers as the reference does), hence the tolerance."""
+    config = bmojo.preset_config("bmojo-130m", num_hidden_layers=2)
+    g = gen(4)
+    ids = torch.randint(3, config.vocab_size, (2, 700), generator=g).to(DEVICE)
+    results = []
+    for on in (True, False):
+        torch.manual_seed(0)
+        model = bmojo.BMojoForCausalLM(config).to(DEVICE, torch.bfloat16)
+        with monkeypatch.context() as patch:
+            forced(patch, on)
+            loss = model(ids, labels=ids).loss
+            loss.backward()
+            grads = [p.grad.float() for p in model.parameters() if p.grad is not None]
+            with torch.no_grad():
+                out = model(ids, use_cache=True)
+                logits, cache = [out.logits[:, -1].float()], out.past_key_values
+                for t in range(4):  # fixed tokens: an argmax could differ between the paths in bf16
+                    step = model(ids[:, t:t + 1], past_key_values=cache)
+                    logits.append(step.logits[:, -1].float())
+        results.append(([loss.float()] + grads, logits))
+    for got, want in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        err = rel_err(got, want)
+        assert err < 3e-2, err
