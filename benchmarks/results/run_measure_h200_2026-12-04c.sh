@@ -1,5 +1,6 @@
 #!/bin/bash
 # Prepared on 2026-12-04 (eighteenth session) for the next device calls; NOT run that day (no device lent).
+# Superseded by run_measure_h200_2026-12-05.sh (same parts plus BMOJO_POINTWISE_KERNELS); kept as written.
 # `bash this.sh A|B|C`, one device call each (each part's time-outs sum under 600 s).
 #   A: the BMOJO_STATE_KERNELS=1 kernels on the GPU: their tests, then the eager prefill profiled with the
 #      switch off and on (bmojo-matched, batch 1, 2k and 32k).
