@@ -1,5 +1,5 @@
-"""Launching ops of an eager B'MOJO prefill or decode step, counted on a CPU, with the kernels of one switch off
-and forced on (they run under the Triton interpreter, so this machine needs no GPU): BMOJO_STATE_KERNELS
+"""Launching ops of an eager B'MOJO prefill or decode step, counted on a CPU, with the kernels of one switch
+off and forced on (they run under the Triton interpreter, so this machine needs no GPU): BMOJO_STATE_KERNELS
 (`--switch state`) or BMOJO_POINTWISE_KERNELS (`--switch pointwise`). For the latter it also counts the calls
 of the norms, SwiGLU and RoPE: on CUDA each is one compiled call (`fused_on_cuda`) without the switch, one
 Triton launch with it.

@@ -106,10 +106,11 @@ def _pointwise(reference, kind):
     def run(*args, use_kernels="auto"):
         if not torch.compiler.is_compiling() and pointwise_kernels_used(args[0], use_kernels):
             # imported here, not at the top: it imports triton, which CPU-only installs may lack
-            from .pointwise.rows import (gated_rms_norm_triton, rms_norm_triton, rotate_triton, swiglu_triton,
-                                         unsupported)
-            kernel = {rms_norm_reference: rms_norm_triton, gated_rms_norm_reference: gated_rms_norm_triton,
-                      swiglu_reference: swiglu_triton, rotate_reference: rotate_triton}[reference]
+            from .pointwise.rows import (gated_rms_norm_unchecked, rms_norm_unchecked, rotate_unchecked,
+                                         swiglu_unchecked, unsupported)
+            kernel = {rms_norm_reference: rms_norm_unchecked, swiglu_reference: swiglu_unchecked,
+                      gated_rms_norm_reference: gated_rms_norm_unchecked,
+                      rotate_reference: rotate_unchecked}[reference]
             if unsupported(kind, *args[:-1] if kind == "norm" else args) is None:
                 return kernel(*args)
         return compiled(*args, use_kernels=use_kernels)

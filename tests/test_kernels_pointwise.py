@@ -20,8 +20,8 @@ from conftest import left_padded_batch, run_under_interpreter, triton_interprete
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 try:
-    from bmojo.kernels.pointwise.rows import (MAX_WIDTH, gated_rms_norm_triton, rms_norm_triton, rotate_triton,
-                                              swiglu_triton)
+    from bmojo.kernels.pointwise.rows import (MAX_WIDTH, gated_rms_norm_triton, rms_norm_triton,
+                                              rotate_triton, swiglu_triton)
 except Exception as exc:  # a Triton build that cannot load the kernels
     pytest.skip(f"Triton kernels unavailable here: {exc!r}", allow_module_level=True)
 
@@ -224,7 +224,8 @@ def test_bad_inputs_raise_naming_the_field():
     with pytest.raises(ValueError, match="D even"):
         rotate_triton(torch.zeros(1, 2, 3, 5), torch.zeros(1, 2, 1, 2), torch.zeros(1, 2, 1, 2))
     with pytest.raises(ValueError, match="sin requires grad"):
-        rotate_triton(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 1, 2), torch.zeros(1, 2, 1, 2).requires_grad_())
+        angles = torch.zeros(1, 2, 1, 2)
+        rotate_triton(torch.zeros(1, 2, 3, 4), angles, angles.clone().requires_grad_())
 
 
 def test_dispatch_takes_the_reference_for_what_the_kernels_refuse(monkeypatch):
@@ -257,7 +258,7 @@ def test_gpu_bf16_at_the_bench_shapes():
 def test_gpu_model_with_the_kernels_equals_the_default_path(monkeypatch):
     """bmojo-130m's layer (2 layers), bf16: a training step's loss and gradients, and a prefill plus 4 eager
     decode steps' logits, with the kernels on against the compiled helpers (`fused_on_cuda`); bf16 rounds
-    differently in the two (the kernels round once, the helpers as the reference does), hence the tolerance."""
+    differently in the two (the kernels round once, the helpers as the reference does): a tolerance."""
     config = bmojo.preset_config("bmojo-130m", num_hidden_layers=2)
     g = gen(4)
     ids = torch.randint(3, config.vocab_size, (2, 700), generator=g).to(DEVICE)

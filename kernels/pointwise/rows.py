@@ -66,7 +66,7 @@ def _norm_bwd_kernel(DY, X, Z, W, RSTD, DX, DZ, DW_PART, R, N, sx, sz, rows_per_
     start = pid.to(tl.int64) * rows_per_program
     for i in range(0, rows_per_program):
         row = start + i
-        # the last program's range may run past the rows: masked (row broadcast to the block), adds zeros to dw
+        # the last program's range may run past the rows: masked (row broadcast to the block), adds 0 to dw
         live = ok & ((row + tl.zeros((BLOCK_N,), dtype=tl.int64)) < R)
         g, z, sig = _gate(X + row * sx, Z + row * sz, cols, live, GATED)
         rstd = tl.load(RSTD + row, mask=row < R, other=0.0)
@@ -131,6 +131,14 @@ def _rotate_kernel(X, COS, SIN, Y, T, H, sxb, sxt, sxh, scb, sct, ssb, sst, SIGN
 
 # ---------------------------------------------------------------- launchers
 
+def _cdiv(a, b):  # triton.cdiv and next_power_of_2 are jit functions: ~15 us per call from Python (CPU)
+    return -(-a // b)
+
+
+def _pow2(n):
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def _warps(block):
     return 4 if block < 2048 else 8 if block < 8192 else 16
 
@@ -156,9 +164,10 @@ def _norm_forward(x, z, weight, eps, keep_rstd):
     count, width = rows_x.shape
     y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     rstd = torch.empty(count, device=x.device, dtype=torch.float32) if keep_rstd else y
-    block = triton.next_power_of_2(width)
-    _norm_fwd_kernel[(count,)](rows_x, rows_z, weight, y, rstd, width, rows_x.stride(0), rows_z.stride(0), eps,
-                               GATED=z is not None, KEEP_RSTD=keep_rstd, BLOCK_N=block, num_warps=_warps(block))
+    block = _pow2(width)
+    _norm_fwd_kernel[(count,)](rows_x, rows_z, weight, y, rstd, width, rows_x.stride(0), rows_z.stride(0),
+                               eps, GATED=z is not None, KEEP_RSTD=keep_rstd, BLOCK_N=block,
+                               num_warps=_warps(block))
     return y, (rstd if keep_rstd else None)
 
 
@@ -168,11 +177,12 @@ def _norm_backward(dy, x, z, weight, rstd):
     count, width = rows_x.shape
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     dz = torch.empty(z.shape, device=z.device, dtype=z.dtype) if z is not None else dx
-    per = triton.cdiv(count, min(count, _programs(x.device)))
-    programs = triton.cdiv(count, per)
+    per = _cdiv(count, min(count, _programs(x.device)))
+    programs = _cdiv(count, per)
     dw_part = torch.empty(programs, width, device=x.device, dtype=torch.float32)
-    block = triton.next_power_of_2(width)
-    _norm_bwd_kernel[(programs,)](dy.contiguous(), rows_x, rows_z, weight, rstd, dx, dz, dw_part, count, width,
+    block = _pow2(width)
+    _norm_bwd_kernel[(programs,)](dy.contiguous(), rows_x, rows_z, weight, rstd, dx, dz, dw_part, count,
+                                  width,
                                   rows_x.stride(0), rows_z.stride(0), per, GATED=z is not None, BLOCK_N=block,
                                   num_warps=_warps(block))
     return dx, (dz if z is not None else None), dw_part.sum(0).to(weight.dtype)
@@ -202,21 +212,29 @@ def _norm(x, z, weight, eps):
     return _norm_forward(x, z, weight, eps, keep_rstd=False)[0]
 
 
+def rms_norm_unchecked(x, weight, eps):
+    return _norm(x, None, weight.contiguous(), float(eps))
+
+
 def rms_norm_triton(x, weight, eps):
     """`naive.rms_norm_reference`'s function: x [..., N] (last dim contiguous or copied), weight [N]."""
     _require("norm", x, weight)
-    return _norm(x, None, weight.contiguous(), float(eps))
+    return rms_norm_unchecked(x, weight, eps)
+
+
+def gated_rms_norm_unchecked(y, z, weight, eps):
+    return _norm(y, z, weight.contiguous(), float(eps))
 
 
 def gated_rms_norm_triton(y, z, weight, eps):
     """`naive.gated_rms_norm_reference`'s function: RMSNorm(y * silu(z)), y and z [..., N]."""
     _require("norm", y, z, weight)
-    return _norm(y, z, weight.contiguous(), float(eps))
+    return gated_rms_norm_unchecked(y, z, weight, eps)
 
 
 def _swiglu_forward(gate, up):
     out = torch.empty_like(gate, memory_format=torch.contiguous_format)
-    _swiglu_fwd_kernel[(triton.cdiv(gate.numel(), BLOCK),)](gate, up, out, gate.numel(), BLOCK=BLOCK)
+    _swiglu_fwd_kernel[(_cdiv(gate.numel(), BLOCK),)](gate, up, out, gate.numel(), BLOCK=BLOCK)
     return out
 
 
@@ -230,7 +248,7 @@ class _SwiGLU(torch.autograd.Function):
     def backward(ctx, dout):
         gate, up = ctx.saved_tensors
         dgate, dup = torch.empty_like(gate), torch.empty_like(up)
-        _swiglu_bwd_kernel[(triton.cdiv(gate.numel(), BLOCK),)](dout.contiguous(), gate, up, dgate, dup,
+        _swiglu_bwd_kernel[(_cdiv(gate.numel(), BLOCK),)](dout.contiguous(), gate, up, dgate, dup,
                                                                  gate.numel(), BLOCK=BLOCK)
         return dgate, dup
 
@@ -238,6 +256,10 @@ class _SwiGLU(torch.autograd.Function):
 def swiglu_triton(gate, up):
     """`naive.swiglu_reference`'s function: silu(gate) * up, both of one shape (copied if not contiguous)."""
     _require("swiglu", gate, up)
+    return swiglu_unchecked(gate, up)
+
+
+def swiglu_unchecked(gate, up):
     gate, up = gate.contiguous(), up.contiguous()
     if _needs_grad(gate, up):
         return _SwiGLU.apply(gate, up)
@@ -249,11 +271,11 @@ def _rotate(x, cos, sin, sign):
         x = x.contiguous()
     batch, seqlen, heads, dim = x.shape
     y = torch.empty((batch, seqlen, heads, dim), device=x.device, dtype=x.dtype)
-    block_h = min(triton.next_power_of_2(heads), 16)
-    grid = (batch * seqlen, triton.cdiv(heads, block_h))
+    block_h = min(_pow2(heads), 16)
+    grid = (batch * seqlen, _cdiv(heads, block_h))
     _rotate_kernel[grid](x, cos, sin, y, seqlen, heads, x.stride(0), x.stride(1), x.stride(2),
                          cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1), SIGN=sign, HALF=dim // 2,
-                         BLOCK_H=block_h, BLOCK_D=triton.next_power_of_2(dim // 2))
+                         BLOCK_H=block_h, BLOCK_D=_pow2(dim // 2))
     return y
 
 
@@ -273,6 +295,10 @@ def rotate_triton(x, cos, sin):
     """`naive.rotate_reference`'s function: x [B, T, H, D] (D even), cos and sin [B, T, 1, D/2] (or
     broadcastable to it) without gradients."""
     _require("rotate", x, cos, sin)
+    return rotate_unchecked(x, cos, sin)
+
+
+def rotate_unchecked(x, cos, sin):
     batch, seqlen = x.shape[:2]
     cos, sin = (a.expand(batch, seqlen, 1, x.shape[-1] // 2) for a in (cos, sin))
     if cos.stride(-1) != 1 or sin.stride(-1) != 1:
@@ -284,7 +310,8 @@ def rotate_triton(x, cos, sin):
 
 def unsupported(kind, *tensors):
     """Why the kernel `kind` ("norm", "swiglu", "rotate") cannot take these tensors, or None. The dispatcher
-    runs the reference for them; the functions above raise a ValueError with this text."""
+    runs the reference for them, and the `*_unchecked` functions for the others; the `*_triton` functions
+    raise a ValueError with this text."""
     names = {"norm": ("x", "z", "weight") if len(tensors) == 3 else ("x", "weight"),
              "swiglu": ("gate", "up"), "rotate": ("x", "cos", "sin")}[kind]
     for name, t in zip(names, tensors):
@@ -310,7 +337,8 @@ def unsupported(kind, *tensors):
             return f"x has shape {tuple(x.shape)}; the rotation takes [B, T, H, D] with D even"
         half = (x.shape[0], x.shape[1], 1, x.shape[-1] // 2)
         for name, a in (("cos", cos), ("sin", sin)):
-            if a.dim() != 4 or torch.broadcast_shapes(a.shape, half) != half:
+            fits = a.dim() == 4 and a.shape[-1] == half[-1]
+            if not fits or any(n not in (1, want) for n, want in zip(a.shape, half)):
                 return f"{name} has shape {tuple(a.shape)}; it must broadcast to {half}"
             if _needs_grad(a):
                 return f"{name} requires grad; the Triton rotation differentiates x only"
