@@ -20,7 +20,7 @@ import os
 import traceback
 
 import torch
-from torch.utils._python_dispatch import _disable_current_modes
+from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode_stack
 
 import bmojo
 from bench_model import MATCHED
@@ -41,7 +41,8 @@ def count_launches_as_one():
 
     def call(self, *args, **kwargs):
         counter = ACTIVE.get("counter")
-        if counter is None:
+        if counter is None or counter not in _get_current_dispatch_mode_stack():
+            # not counting, or inside a custom op's body (the op itself was counted)
             return original(self, *args, **kwargs)
         key = site(traceback.extract_stack(), True)
         counter.sites[key] += 1
