@@ -189,6 +189,26 @@ def test_interpreter_model_training_step_equals_reference(preset, monkeypatch):
 
 
 @on_interpreter
+def test_interpreter_training_step_under_bf16_autocast(monkeypatch):
+    """What HF Trainer's bf16=True runs: float32 weights, bf16 activations from autocast's matmuls, so the norms
+    see a bf16 x with a float32 weight and the gated norm a float32 y with a bf16 z. Loss and gradients with
+    the kernels forced on agree with the default path at bf16 precision."""
+    results = []
+    for on in (True, False):
+        torch.manual_seed(0)
+        model = bmojo.BMojoForCausalLM(bmojo.preset_config("tiny", use_kernels=False)).train()
+        with monkeypatch.context() as patch, torch.autocast("cpu", dtype=torch.bfloat16):
+            forced(patch, on)
+            loss = model(**left_padded_batch()).loss
+        loss.backward()
+        results.append([loss.detach().float()] + [p.grad for p in model.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1]) > 10
+    for got, want in zip(*results):
+        assert got.dtype == want.dtype
+        assert rel_err(got, want) < 3e-2, rel_err(got, want)
+
+
+@on_interpreter
 def test_interpreter_model_prefill_and_decode_equal_reference(monkeypatch):
     """Prefill of a left-padded batch and 6 eager decode steps (rotations of one token per row, norms of
     [B, d]): logits with the kernels forced on equal the default path's."""
