@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dispatch import needs_grad
+
 MAX_WIDTH = 65536  # widest row a norm keeps in registers; wider rows take the reference (dispatch)
 BLOCK = 1024  # elements per program of the elementwise kernels
 
@@ -202,12 +204,8 @@ class _Norm(torch.autograd.Function):
         return dx, dz, dw, None
 
 
-def _needs_grad(*tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _norm(x, z, weight, eps):
-    if _needs_grad(x, z, weight):
+    if needs_grad(x, z, weight):
         return _Norm.apply(x, z, weight, eps)
     return _norm_forward(x, z, weight, eps, keep_rstd=False)[0]
 
@@ -261,7 +259,7 @@ def swiglu_triton(gate, up):
 
 def swiglu_unchecked(gate, up):
     gate, up = gate.contiguous(), up.contiguous()
-    if _needs_grad(gate, up):
+    if needs_grad(gate, up):
         return _SwiGLU.apply(gate, up)
     return _swiglu_forward(gate, up)
 
@@ -303,7 +301,7 @@ def rotate_unchecked(x, cos, sin):
     cos, sin = (a.expand(batch, seqlen, 1, x.shape[-1] // 2) for a in (cos, sin))
     if cos.stride(-1) != 1 or sin.stride(-1) != 1:
         cos, sin = cos.contiguous(), sin.contiguous()
-    if _needs_grad(x):
+    if needs_grad(x):
         return _Rotate.apply(x, cos, sin)
     return _rotate(x, cos, sin, 1)
 
@@ -340,7 +338,7 @@ def unsupported(kind, *tensors):
             fits = a.dim() == 4 and a.shape[-1] == half[-1]
             if not fits or any(n not in (1, want) for n, want in zip(a.shape, half)):
                 return f"{name} has shape {tuple(a.shape)}; it must broadcast to {half}"
-            if _needs_grad(a):
+            if needs_grad(a):
                 return f"{name} requires grad; the Triton rotation differentiates x only"
     return None
 
