@@ -85,9 +85,10 @@ def fused_on_prefill(fn):
 # The norms, SwiGLU and the RoPE rotation as Triton kernels launched directly (pointwise/rows.py), in eager
 # calls on CUDA (BMOJO_POINTWISE_KERNELS=1): each replaces a compiled call (`fused_on_cuda`), whose guards and
 # wrappers cost ~0.2 ms of host time on an H200 (85 calls in a 12-layer 2k prefill, ~61 per eager decode
-# step). Opt-in until timed on a GPU: built and tested under the Triton interpreter on 2026-12-05, a day no
-# device was lent. Under torch.compile the references are traced inline either way.
-POINTWISE_KERNELS = os.environ.get("BMOJO_POINTWISE_KERNELS", "0") == "1"
+# step). The default since the H200 timing of 2026-12-05 (an eager 2k prefill 81.8 -> 60.7 ms alone, an
+# eager training step 150.4 -> 134.2 ms: benchmarks/results/kernel_switches_h200_2026-12-05.md);
+# BMOJO_POINTWISE_KERNELS=0 turns them off. Under torch.compile the references are traced inline either way.
+POINTWISE_KERNELS = os.environ.get("BMOJO_POINTWISE_KERNELS", "1") == "1"
 
 
 def pointwise_kernels_used(tensor, use_kernels="auto"):
@@ -213,9 +214,10 @@ def eidetic_decode_step_(store, prev, cur, token, at_boundary, valid, use_kernel
 # The eidetic selection and the writes of the decoding state, in Triton (BMOJO_STATE_KERNELS=1, on CUDA): the
 # parallel form's best-k per row (innovation/select.py, twice per layer, ~50 small ops each), the prefill's
 # ring and eidetic-set fills (~20 small ops each) and an eager decode step's two ring pushes (~12 each;
-# state_fill/rows.py), one launch apiece. Opt-in until timed on a GPU: built and tested under the Triton
-# interpreter on 2026-12-04, a day no device was lent.
-STATE_KERNELS = os.environ.get("BMOJO_STATE_KERNELS", "0") == "1"
+# state_fill/rows.py), one launch apiece. The default since the H200 timing of 2026-12-05 (an eager 2k prefill
+# 81.8 -> 53.8 ms alone, 51.0 ms with the pointwise kernels; eager generate() at 2k x 1 16.7 -> 34.9 tok/s
+# with both); BMOJO_STATE_KERNELS=0 turns them off.
+STATE_KERNELS = os.environ.get("BMOJO_STATE_KERNELS", "1") == "1"
 
 _take_best_reference = fused_on_prefill(take_best)
 _fill_ring_reference = fused_on_prefill(fill_ring_reference_)

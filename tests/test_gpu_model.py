@@ -156,8 +156,8 @@ def test_unaligned_in_proj_padded_for_inference(dtype):
 
 @pytest.mark.parametrize("path", ["eager", "compiled", "kernels"])
 def test_prefill_selection_on_cuda_equals_eager_cpu(path, monkeypatch):
-    """The eidetic selection of a prefill on CUDA, eager (the default), as the compiled graphs that
-    BMOJO_FUSED_PREFILL=1 selects and with the Triton best-k that BMOJO_STATE_KERNELS=1 selects
+    """The eidetic selection of a prefill on CUDA: eager (BMOJO_STATE_KERNELS=0), as the compiled graphs that
+    BMOJO_FUSED_PREFILL=1 selects and with the Triton best-k (BMOJO_STATE_KERNELS, the default)
     (kernels/dispatch.py `select_best`): the same candidates, stores, store tokens and prefilled sets as the
     eager CPU path, ties and padding included, bounded and unbounded stores."""
     from bmojo.kernels import dispatch
@@ -168,8 +168,7 @@ def test_prefill_selection_on_cuda_equals_eager_cpu(path, monkeypatch):
         for name in ("_store_tokens", "sets_after_prefill"):
             plain = getattr(innovation, name).__wrapped__
             monkeypatch.setattr(innovation, name, dispatch.fused_on_cuda(plain))
-    if path == "kernels":
-        monkeypatch.setattr(dispatch, "STATE_KERNELS", True)
+    monkeypatch.setattr(dispatch, "STATE_KERNELS", path == "kernels")  # the kernels are the CUDA default
     gen = torch.Generator().manual_seed(0)
     batch, seqlen, kv_heads, dim = 3, 700, 2, 16
     scores = torch.randint(0, 5, (batch, seqlen), generator=gen).float()  # few levels: ties
