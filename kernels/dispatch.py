@@ -267,8 +267,11 @@ def push_rings_(window, band, k, v, kf, vf, pos, valid):
 
 
 def gather_tokens_(keys, values, pos):
-    """keys and values at positions pos [B, ...] (EMPTY: zeros) by one Triton launch, without autograd
-    (state_fill/rows.py `gather_tokens_triton`; callers check `state_kernels_used` and that no gradient is
-    needed; the reference is `modeling_bmojo.innovation.gather_tokens`)."""
-    from .state_fill.rows import gather_tokens_triton
+    """keys and values at positions pos [B, ...] (EMPTY: zeros) by one Triton launch (state_fill/rows.py
+    `gather_tokens_triton`; the reference is `modeling_bmojo.innovation.gather_tokens`). Callers check
+    `state_kernels_used`, and that nothing is compiling when a gradient is needed: the backward, one more
+    launch, is an autograd Function."""
+    from .state_fill.rows import gather_tokens_autograd, gather_tokens_triton
+    if needs_grad(keys, values):
+        return gather_tokens_autograd(keys, values, pos)
     return gather_tokens_triton(keys, values, pos)

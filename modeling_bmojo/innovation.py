@@ -62,7 +62,9 @@ def parallel_eidetic(scores, real, keys, values, window, per_chunk, capacity, us
     take = functools.partial(select_best, use_kernels=use_kernels)
     cand_s, cand_p = chunk_candidates(scores, real, window, per_chunk, take=take)
     store_s, store_p = eidetic_stores(cand_s, cand_p, capacity, take=take)
-    if not needs_grad(keys, values) and state_kernels_used(keys, use_kernels):  # a prefill: one launch
+    # one launch (and one for an eager training step's backward); compiled training traces the reference
+    compiled_training = needs_grad(keys, values) and torch.compiler.is_compiling()
+    if state_kernels_used(keys, use_kernels) and not compiled_training:
         store_k, store_v = gather_tokens_(keys, values, store_p)
         store_valid = ~torch.isneginf(store_s)
     else:

@@ -20,13 +20,13 @@ from bmojo.kernels.state_fill.naive import fill_ring_reference_
 from bmojo.modeling_bmojo import attention, innovation
 from bmojo.modeling_bmojo.innovation import gather_tokens, sets_after_prefill
 from bmojo.modeling_bmojo.state import KeyValueRing
-from conftest import run_under_interpreter, triton_interpreter_marks
+from conftest import left_padded_batch, run_under_interpreter, triton_interpreter_marks
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 try:
     from bmojo.kernels.innovation.select import MAX_ROW, take_best_triton
-    from bmojo.kernels.state_fill.rows import (fill_ring_triton_, fill_set_triton_, gather_tokens_triton,
-                                               push_rings_triton_)
+    from bmojo.kernels.state_fill.rows import (fill_ring_triton_, fill_set_triton_, gather_tokens_autograd,
+                                               gather_tokens_triton, push_rings_triton_)
 except Exception as exc:  # a Triton build that cannot load the kernels
     pytest.skip(f"Triton kernels unavailable here: {exc!r}", allow_module_level=True)
 
@@ -107,6 +107,34 @@ def check_gather(batch, chunks, size, seqlen, heads=2, dim=8, dtype=torch.float3
     got = gather_tokens_triton(k, v, pos)
     for name, g, src in zip("kv", got, (k, v)):
         assert torch.equal(g, gather_tokens(src, pos)), name
+
+
+def check_gather_gradients(batch, chunks, size, seqlen, heads=2, dim=8, dtype=torch.float32, strided=True):
+    """The gather of a training step: the store tokens and the gradients of the keys and values they come
+    from (positions repeat across chunks and within one; EMPTY slots and never-gathered positions get none),
+    against autograd through the reference, computed in float32 from the same inputs."""
+    k, v = keys_values(batch, seqlen, heads, dim, dtype, seed=6, strided=strided)
+    _, pos = chunk_sets(batch, chunks, size, seqlen, seed=7)
+    gen = torch.Generator().manual_seed(8)
+    weights = [torch.randn(*pos.shape, heads, dim, generator=gen).to(DEVICE) for _ in range(2)]
+    got_in = [t.detach().requires_grad_() for t in (k, v)]
+    got = gather_tokens_autograd(*got_in, pos)
+    sum(((g.float() * w).sum() for g, w in zip(got, weights))).backward()
+    want_in = [t.detach().float().requires_grad_() for t in (k, v)]
+    want = [gather_tokens(t, pos) for t in want_in]
+    sum(((g * w).sum() for g, w in zip(want, weights))).backward()
+    for name, g, w in zip("kv", got, want):
+        assert torch.equal(g.float(), w), name
+    for name, g, w in zip("kv", got_in, want_in):
+        assert g.grad.dtype == dtype and g.grad.shape == g.shape, name
+        # float32 sums in another order, then one rounding to the keys' dtype
+        tol = 1e-6 if dtype == torch.float32 else 2.0 ** -8
+        err = ((g.grad.float() - w.grad).abs() / (w.grad.abs() + 1e-3)).max().item()
+        assert err <= tol, (name, err)
+    untouched = torch.ones(batch, seqlen, dtype=torch.bool, device=DEVICE)
+    for row in range(batch):
+        untouched[row, pos[row][pos[row] != EMPTY]] = False
+    assert untouched.any() and (got_in[0].grad[untouched] == 0).all()
 
 
 def check_push(batch, sizes, steps, heads=2, dim=8, dtype=torch.float32, seed=0):
@@ -207,6 +235,12 @@ def test_interpreter_gather_tokens_equals_reference():
 
 
 @on_interpreter
+def test_interpreter_gather_tokens_gradients_equal_reference():
+    check_gather_gradients(2, 3, 6, 37)
+    check_gather_gradients(1, 4, 20, 30, strided=False)  # more entries than tokens: positions repeat
+
+
+@on_interpreter
 @pytest.mark.parametrize("batch,sizes,steps", [(3, (4, 12), 30), (1, (8, 8), 5)])
 def test_interpreter_push_equals_reference(batch, sizes, steps):
     check_push(batch, sizes, steps)
@@ -236,6 +270,25 @@ def test_interpreter_model_equals_reference(preset, monkeypatch):
     path's (selection, rings, sets, SSM and conv states)."""
     config = bmojo.preset_config(preset, use_kernels=False)
     check_model(config, [29, 13, 4], monkeypatch)
+
+
+@on_interpreter
+def test_interpreter_training_step_equals_reference(monkeypatch):
+    """A tiny model's loss and every parameter gradient on a left-padded batch with the state kernels forced
+    on (the store tokens gathered by the kernel, their gradients summed back by its backward) equal the
+    default path's."""
+    results = []
+    for on in (True, False):
+        torch.manual_seed(0)
+        model = bmojo.BMojoForCausalLM(bmojo.preset_config("tiny", use_kernels=False)).train()
+        with monkeypatch.context() as patch:
+            forced(patch, on)
+            loss = model(**left_padded_batch()).loss
+            loss.backward()
+        results.append([loss.detach()] + [p.grad for p in model.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1]) > 10
+    for i, (g, w) in enumerate(zip(*results)):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=f"tensor {i}")
 
 
 @on_interpreter
@@ -330,6 +383,7 @@ def test_gpu_bf16_rings_and_sets_equal_reference():
     check_sets(lengths, 512, 4, store=512, per_chunk=32, seqlen=2048, heads=12, dim=64, dtype=torch.bfloat16)
     check_push(16, (512, 1024), 40, heads=12, dim=64, dtype=torch.bfloat16)
     check_gather(1, 64, 512, 32768, heads=12, dim=64, dtype=torch.bfloat16)
+    check_gather_gradients(8, 4, 512, 2048, heads=12, dim=64, dtype=torch.bfloat16)  # a training step's
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")

@@ -122,6 +122,25 @@ def _gather_kernel(K, V, POS, OK, OV, R, HD, skb, skt, svb, svt, BLOCK_S: tl.con
                BLOCK_HD)
 
 
+@triton.jit
+def _scatter_add_kernel(GK, GV, POS, DK, DV, R, T, HD, BLOCK_S: tl.constexpr, BLOCK_HD: tl.constexpr):
+    """Grid (B, R tiles): DK[b, POS[b, j]] += GK[b, j] for POS not EMPTY (DV from GV likewise); GK, GV
+    contiguous [B, R, HD], DK, DV float32 [B, T, HD]. Atomic: a position can sit in several chunks' stores."""
+    b = tl.program_id(0).to(tl.int64)
+    slots = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
+    slot_ok = slots < R
+    pos = tl.load(POS + b * R + slots, mask=slot_ok, other=EMPTY)
+    ok = slot_ok & (pos != EMPTY)
+    dst_row = b * T + tl.where(ok, pos, 0)
+    for d0 in range(0, HD, BLOCK_HD):
+        hd = d0 + tl.arange(0, BLOCK_HD)
+        m = ok[:, None] & (hd < HD)[None, :]
+        src = (b * R + slots)[:, None] * HD + hd[None, :]
+        dst = dst_row[:, None] * HD + hd[None, :]
+        tl.atomic_add(DK + dst, tl.load(GK + src, mask=m, other=0.0).to(tl.float32), mask=m)
+        tl.atomic_add(DV + dst, tl.load(GV + src, mask=m, other=0.0).to(tl.float32), mask=m)
+
+
 def _rows(x):
     """x [B, T, Hkv, D] with each token's Hkv x D elements contiguous (a copy otherwise), and its strides."""
     if x.stride(-1) != 1 or x.stride(-2) != x.shape[-1]:
@@ -256,3 +275,40 @@ def gather_tokens_triton(keys, values, pos):
     keys, _, _ = _rows(keys)
     values, _, _ = _rows(values)
     return _gather_tokens_op(keys, values, pos.contiguous())
+
+
+def _scatter_tokens_add(grad_k, grad_v, pos, keys_shape):
+    """The adjoint of the gather: float32 [B, T, Hkv, D] sums of grad_k, grad_v [B, ..., Hkv, D] at pos."""
+    batch, seqlen = int(keys_shape[0]), int(keys_shape[1])
+    rows, hd = int(pos[0].numel()), int(keys_shape[2]) * int(keys_shape[3])
+    dk = torch.zeros(keys_shape, device=grad_k.device, dtype=torch.float32)
+    dv = torch.zeros(keys_shape, device=grad_v.device, dtype=torch.float32)
+    launch(_scatter_add_kernel)[_grid(batch, rows)](
+        grad_k.contiguous(), grad_v.contiguous(), pos, dk, dv, rows, seqlen, hd, BLOCK_S=BLOCK_S,
+        BLOCK_HD=min(BLOCK_HD, max(16, triton.next_power_of_2(hd))))
+    return dk, dv
+
+
+class _GatherTokens(torch.autograd.Function):
+    """`gather_tokens_triton` with a backward: one launch each way (instead of aten's gather and its
+    zeros + scatter_add backward, ~0.19 ms each per layer at 8 x 2048 on an H200, 2026-12-05). Eager only:
+    a compiled model traces the reference, which Inductor fuses."""
+
+    @staticmethod
+    def forward(ctx, keys, values, pos):
+        ctx.save_for_backward(pos)
+        ctx.shape, ctx.dtypes = keys.shape, (keys.dtype, values.dtype)
+        return gather_tokens_triton(keys, values, pos)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_k, grad_v):
+        (pos,) = ctx.saved_tensors
+        dk, dv = _scatter_tokens_add(grad_k, grad_v, pos.contiguous(), ctx.shape)
+        return dk.to(ctx.dtypes[0]), dv.to(ctx.dtypes[1]), None
+
+
+def gather_tokens_autograd(keys, values, pos):
+    """`gather_tokens_triton` for keys / values that need a gradient: the backward sums each gathered row's
+    gradient into its position (float32, then the keys' dtype), zero where a position was never gathered."""
+    return _GatherTokens.apply(keys, values, pos)
