@@ -8,7 +8,7 @@
 #   4. the SSD kernel's configs at the training shape (8 x 2048, 12 heads): state walk, forward, backward.
 source benchmarks/device_env.sh
 export PYTHONUNBUFFERED=1
-timeout 170 python -m pytest -q -p no:cacheprovider tests/test_kernels_state.py tests/test_gpu_model.py \
+timeout 150 python -m pytest -q -p no:cacheprovider tests/test_kernels_state.py tests/test_gpu_model.py \
     -k "gpu or selection" 2>&1 | tail -3
 cd benchmarks
 timeout 45 python profile_train.py --prefill --model bmojo-matched --batch 1 --length 2048 --rows 30 \
@@ -19,8 +19,8 @@ for s in 0 1; do
       > $OUT/profile_train_s$s.txt 2>&1
   echo "== eager train S=$s"; sed -n '/by kind/,$p' $OUT/profile_train_s$s.txt | grep -E "total|wall|other|kernels per"
 done
-timeout 150 python bench_generate.py --reps 1 --points 2048x1,2048x16 --models llama-eager,bmojo-eager \
+timeout 130 python bench_generate.py --reps 1 --points 2048x1,2048x16 --models llama-eager,bmojo-eager \
     --out $OUT/gen_eager.json 2>&1 | grep -E "^(llama|bmojo)-eager |rror|x " | cut -c1-220
-timeout 120 python bench_ssd.py --batch 8 --heads 12 --lengths 2048 --sweep \
+timeout 110 python bench_ssd.py --batch 8 --heads 12 --lengths 2048 --sweep \
     --out $OUT/bench_ssd_8x2k.json > $OUT/bench_ssd.log 2>&1
 grep -E '^\{|triton|Error' $OUT/bench_ssd.log | head -40
