@@ -283,7 +283,7 @@ def _scatter_tokens_add(grad_k, grad_v, pos, keys_shape):
     rows, hd = int(pos[0].numel()), int(keys_shape[2]) * int(keys_shape[3])
     dk = torch.zeros(keys_shape, device=grad_k.device, dtype=torch.float32)
     dv = torch.zeros(keys_shape, device=grad_v.device, dtype=torch.float32)
-    launch(_scatter_add_kernel)[_grid(batch, rows)](
+    launch(_scatter_add_kernel, traced=False)[_grid(batch, rows)](  # plain eager code, never traced
         grad_k.contiguous(), grad_v.contiguous(), pos, dk, dv, rows, seqlen, hd, BLOCK_S=BLOCK_S,
         BLOCK_HD=min(BLOCK_HD, max(16, triton.next_power_of_2(hd))))
     return dk, dv
