@@ -32,6 +32,10 @@ def _interpreted():
     return type(probe).__name__ == "InterpretedFunction"
 
 
+# BMOJO_EAGER_BODY=0 sends every eager call through the registered op (the dispatcher) instead of the body
+# (`EagerBody`): a switch to time the two paths on one machine, and to bisect should they ever differ.
+EAGER_BODY = os.environ.get("BMOJO_EAGER_BODY", "1") == "1"
+
 USE_TRITON_OP = (hasattr(torch.library, "triton_op") and not _interpreted()
                  and os.environ.get("BMOJO_OPAQUE_KERNELS", "0") != "1")
 
@@ -76,7 +80,7 @@ class EagerBody:
         self.op, self.body = op, body
 
     def __call__(self, *args, **kwargs):
-        if _direct_wrap_off is not None and _plain_eager_call((*args, *kwargs.values())):
+        if EAGER_BODY and _direct_wrap_off is not None and _plain_eager_call((*args, *kwargs.values())):
             # as the op's own eager call does: `wrap_triton` launches the kernel itself, not through its
             # higher-order op (about 1 ms per launch eagerly, torch's note; measured on the H200 2026-12-05:
             # a 2k prefill 51 -> 71 ms when the bodies ran without this)

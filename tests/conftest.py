@@ -1,6 +1,7 @@
 """Shared fixtures. Every test runs with `torch.empty*` returning NaN-filled float tensors, so code that
 reads memory it never wrote fails loudly instead of passing by luck (as fla's test suite does)."""
 
+import contextlib
 import os
 
 import pytest
@@ -58,6 +59,21 @@ def left_padded_batch():
     mask[1, :5] = 0
     labels = ids.masked_fill(mask == 0, -100)
     return dict(input_ids=ids, attention_mask=mask, labels=labels)
+
+
+def training_step(preset, monkeypatch, force, on, autocast=None):
+    """A tiny `preset` model's training step on `left_padded_batch()` with `force(patch, on)` applied (a
+    kernel switch patched on or off, for the backward too): [loss (float32), every parameter gradient].
+    `autocast`: a dtype to run the forward under CPU autocast, as HF Trainer's bf16=True does."""
+    torch.manual_seed(0)
+    model = bmojo.BMojoForCausalLM(bmojo.preset_config(preset, use_kernels=False)).train()
+    amp = torch.autocast("cpu", dtype=autocast) if autocast else contextlib.nullcontext()
+    with monkeypatch.context() as patch:
+        force(patch, on)
+        with amp:
+            loss = model(**left_padded_batch()).loss
+        loss.backward()
+    return [loss.detach().float()] + [p.grad for p in model.parameters() if p.grad is not None]
 
 
 def cache_of(out):

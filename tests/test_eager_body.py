@@ -68,3 +68,10 @@ def test_calls_that_need_the_op_use_it():
         assert call(mode.from_tensor(torch.randn(3)))[0]
     compiled = torch.compile(lambda t: probe(t), backend="eager", fullgraph=True)
     assert torch.equal(compiled(torch.ones(2)), torch.full((2,), 2.0))
+
+
+def test_switch_off_sends_eager_calls_through_the_op(monkeypatch):
+    """BMOJO_EAGER_BODY=0 (read at import into EAGER_BODY): the op, as before EagerBody existed."""
+    from bmojo.kernels import custom_ops
+    monkeypatch.setattr(custom_ops, "EAGER_BODY", False)
+    assert call(torch.randn(3))[0]

@@ -16,7 +16,7 @@ import bmojo
 from bmojo.kernels import dispatch
 from bmojo.kernels.pointwise.naive import (gated_rms_norm_reference, rms_norm_reference, rotate_reference,
                                            swiglu_reference)
-from conftest import left_padded_batch, run_under_interpreter, triton_interpreter_marks
+from conftest import left_padded_batch, run_under_interpreter, training_step, triton_interpreter_marks
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 try:
@@ -174,15 +174,7 @@ def forced(monkeypatch, on):
 def test_interpreter_model_training_step_equals_reference(preset, monkeypatch):
     """A tiny model's loss and every parameter gradient with the kernels forced on equal the default path's
     (norms, gated norm, SwiGLU and RoPE in the forward and the backward)."""
-    results = []
-    for on in (True, False):
-        torch.manual_seed(0)
-        model = bmojo.BMojoForCausalLM(bmojo.preset_config(preset, use_kernels=False)).train()
-        with monkeypatch.context() as patch:
-            forced(patch, on)
-            loss = model(**left_padded_batch()).loss
-            loss.backward()
-        results.append([loss.detach()] + [p.grad for p in model.parameters() if p.grad is not None])
+    results = [training_step(preset, monkeypatch, forced, on) for on in (True, False)]
     assert len(results[0]) == len(results[1]) > 10
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
@@ -193,15 +185,8 @@ def test_interpreter_training_step_under_bf16_autocast(monkeypatch):
     """What HF Trainer's bf16=True runs: float32 weights, bf16 activations from autocast's matmuls, so the norms
     see a bf16 x with a float32 weight and the gated norm a float32 y with a bf16 z. Loss and gradients with
     the kernels forced on agree with the default path at bf16 precision."""
-    results = []
-    for on in (True, False):
-        torch.manual_seed(0)
-        model = bmojo.BMojoForCausalLM(bmojo.preset_config("tiny", use_kernels=False)).train()
-        with monkeypatch.context() as patch, torch.autocast("cpu", dtype=torch.bfloat16):
-            forced(patch, on)
-            loss = model(**left_padded_batch()).loss
-        loss.backward()
-        results.append([loss.detach().float()] + [p.grad for p in model.parameters() if p.grad is not None])
+    results = [training_step("tiny", monkeypatch, forced, on, autocast=torch.bfloat16)
+               for on in (True, False)]
     assert len(results[0]) == len(results[1]) > 10
     for got, want in zip(*results):
         assert got.dtype == want.dtype

@@ -20,7 +20,7 @@ from bmojo.kernels.state_fill.naive import fill_ring_reference_
 from bmojo.modeling_bmojo import attention, innovation
 from bmojo.modeling_bmojo.innovation import gather_tokens, sets_after_prefill
 from bmojo.modeling_bmojo.state import KeyValueRing
-from conftest import left_padded_batch, run_under_interpreter, triton_interpreter_marks
+from conftest import run_under_interpreter, training_step, triton_interpreter_marks
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 try:
@@ -279,15 +279,7 @@ def test_interpreter_training_step_equals_reference(monkeypatch):
     """A tiny model's loss and every parameter gradient on a left-padded batch with the state kernels forced
     on (the store tokens gathered by the kernel, their gradients summed back by its backward) equal the
     default path's."""
-    results = []
-    for on in (True, False):
-        torch.manual_seed(0)
-        model = bmojo.BMojoForCausalLM(bmojo.preset_config("tiny", use_kernels=False)).train()
-        with monkeypatch.context() as patch:
-            forced(patch, on)
-            loss = model(**left_padded_batch()).loss
-            loss.backward()
-        results.append([loss.detach()] + [p.grad for p in model.parameters() if p.grad is not None])
+    results = [training_step("tiny", monkeypatch, forced, on) for on in (True, False)]
     assert len(results[0]) == len(results[1]) > 10
     for i, (g, w) in enumerate(zip(*results)):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=f"tensor {i}")
