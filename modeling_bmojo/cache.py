@@ -16,7 +16,7 @@ import torch
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .state import FullKeyValues
+from .state import FullKeyValues, reset_states_
 
 # transformers 5.24 renamed the cache argument of forward()/generate() and the output field from
 # `past_key_values` to `cache` (the old name is deprecated until 5.40). Both names are accepted on
@@ -75,9 +75,7 @@ class BMojoCache(Cache):
             self.seen = torch.zeros((), dtype=torch.long, device=device)
             self.dtype = dtype
             self._mark_static()
-        else:
-            for state in self.states:
-                state.reset_()
+        reset_states_(self.states)  # new or reused, every layer's state at its initial values, at once
         self.verified_for = None
 
     # Allocations of other batch sizes kept by a cache that generate() reuses: a compiled decode step's CUDA

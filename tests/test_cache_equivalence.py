@@ -6,6 +6,10 @@ import torch
 
 from conftest import cache_of, random_ids, tiny_model
 
+from bmojo.kernels.innovation.naive import EMPTY
+from bmojo.kernels.state_fill.naive import NO_TOKEN
+from bmojo.modeling_bmojo.state import reset_states_
+
 KINDS = {
     "bmojo": ["bmojo", "bmojo"],
     "mamba2": ["mamba2", "mamba2"],
@@ -117,3 +121,50 @@ def test_left_padded_prefill_and_decode_match_rows_alone():
         step = model(extra[:, t:t + 1], cache=cache, attention_mask=mask).logits
         torch.testing.assert_close(step[0, 0], ref_a[t], atol=1e-4, rtol=0)
         torch.testing.assert_close(step[1, 0], ref_b[t], atol=1e-4, rtol=0)
+
+
+INITIAL = {"pos": NO_TOKEN, "s": float("-inf"), "p": EMPTY}  # every other state tensor starts at zero
+
+
+@torch.no_grad()
+def test_states_reset_in_groups_to_their_initial_values():
+    """`reset_states_` (one foreach call per device, dtype and value instead of a fill per tensor): every
+    tensor of every mixer's state, new (torch.empty) or overwritten, gets its empty-slot marker or zero."""
+    model = tiny_model(mixer_types=["bmojo", "mamba2", "sliding_attention", "full_attention"],
+                       num_hidden_layers=4)
+    states = [layer.mixer.new_state(2, torch.device("cpu"), torch.float32, 40) for layer in model.model.layers]
+    for round_ in range(2):
+        reset_states_(states)
+        names = {name.rsplit(".", 1)[-1] for state in states for name, _ in state.named_tensors()}
+        assert {"pos", "s", "p", "k", "v", "ssm", "conv", "f_last"} <= names
+        for state in states:
+            for name, t in state.named_tensors():
+                want = INITIAL.get(name.rsplit(".", 1)[-1], 0)
+                assert (t == want).all(), (name, round_)
+                t.fill_(7)  # garbage for the next round
+
+
+@torch.no_grad()
+def test_reused_cache_equals_a_new_one():
+    """A cache that held one sequence and is prefilled with another (a shorter one: slots the prefill does not
+    write) gives the logits a new cache gives, prefill and decode steps, in the same tensors: nothing of the
+    first sequence leaks. Garbage (NaN, stray positions) stands in for what torch.empty may hand a new state;
+    the prefill writes every slot today (this passes without the reset too), the reset keeps it so whatever
+    fills the states."""
+    model = tiny_model()
+    first, second = random_ids(2, 45, seed=5), random_ids(2, 45, seed=6)
+    reused = cache_of(model(first, use_cache=True))
+    addresses = [t.data_ptr() for state in reused.states for _, t in state.named_tensors()]
+    for state in reused.states:
+        for _, t in state.named_tensors():
+            t.fill_(float("nan") if t.is_floating_point() else 3)
+    reused.reset()
+    got = model(second[:, :6], cache=reused, use_cache=True).logits
+    want_out = model(second[:, :6], use_cache=True)
+    torch.testing.assert_close(got, want_out.logits, atol=0, rtol=0)
+    assert addresses == [t.data_ptr() for state in reused.states for _, t in state.named_tensors()]
+    fresh = cache_of(want_out)
+    for t in range(6, 12):
+        got = model(second[:, t:t + 1], cache=reused).logits
+        want = model(second[:, t:t + 1], cache=fresh).logits
+        torch.testing.assert_close(got, want, atol=0, rtol=0)

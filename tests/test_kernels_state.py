@@ -19,7 +19,7 @@ from bmojo.kernels.innovation.naive import EMPTY, take_best
 from bmojo.kernels.state_fill.naive import fill_ring_reference_
 from bmojo.modeling_bmojo import attention, innovation
 from bmojo.modeling_bmojo.innovation import gather_tokens, sets_after_prefill
-from bmojo.modeling_bmojo.state import KeyValueRing
+from bmojo.modeling_bmojo.state import KeyValueRing, reset_states_
 from conftest import run_under_interpreter, training_step, triton_interpreter_marks
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
@@ -144,7 +144,9 @@ def check_push(batch, sizes, steps, heads=2, dim=8, dtype=torch.float32, seed=0)
     gen = torch.Generator().manual_seed(seed)
 
     def rings():
-        return [KeyValueRing(batch, size, heads, dim, DEVICE, dtype) for size in sizes]
+        made = [KeyValueRing(batch, size, heads, dim, DEVICE, dtype) for size in sizes]
+        reset_states_(made)
+        return made
 
     want, got = rings(), rings()
     pos = torch.randint(0, 5, (batch,), generator=gen)
