@@ -1,6 +1,6 @@
 """Launching ops of an eager prefill on the CUDA code path, counted on a CPU (twenty-first session, 2026-12-05):
 `use_triton` forced on, every Triton launch counted as one op and not run (outputs are garbage; only the counts
-mean anything). One layer of bmojo-matched at width 128, 1 x 2048.
+mean anything). bmojo-matched at width 128, LAYERS layers (default 1), 1 x the given length.
 
     cd benchmarks && TRITON_INTERPRET=1 python results/count_prefill_launches_cuda_path_cpu_2026-12-05c.py 2048
 """
@@ -33,7 +33,7 @@ for module in list(sys.modules.values()):
         module.use_triton = use_triton
 torch.manual_seed(0)
 L = int(sys.argv[1]) if len(sys.argv) > 1 else 2048
-config = bmojo.preset_config("bmojo-130m", **dict(MATCHED, num_hidden_layers=1, hidden_size=128,
+config = bmojo.preset_config("bmojo-130m", **dict(MATCHED, num_hidden_layers=int(os.environ.get("LAYERS", "1")), hidden_size=128,
     intermediate_size=256, num_attention_heads=2, num_key_value_heads=2, vocab_size=512))
 model = bmojo.BMojoForCausalLM(config).eval()
 ids = torch.randint(5, 512, (1, L))
