@@ -1,8 +1,9 @@
-"""Launching ops of an eager prefill on the CUDA code path, counted on a CPU (twenty-first session, 2026-12-05):
-`use_triton` forced on, every Triton launch counted as one op and not run (outputs are garbage; only the counts
-mean anything). bmojo-matched at width 128, LAYERS layers (default 1), 1 x the given length.
+"""Launching ops of an eager prefill on the CUDA code path, counted on a CPU (twenty-first session,
+2026-12-05): `use_triton` forced on, every Triton launch counted as one op and not run (outputs are garbage;
+only the counts mean anything). bmojo-matched at width 128, LAYERS layers (default 1), 1 x the given length.
 
-    cd benchmarks && TRITON_INTERPRET=1 python results/count_prefill_launches_cuda_path_cpu_2026-12-05c.py 2048
+    cd benchmarks
+    LAYERS=12 TRITON_INTERPRET=1 python results/count_prefill_launches_cuda_path_cpu_2026-12-05c.py 2048
 """
 import os
 import sys
@@ -29,11 +30,13 @@ original = dispatch.use_triton
 def use_triton(tensor, use_kernels):
     return use_kernels is not False
 for module in list(sys.modules.values()):
-    if getattr(module, "__name__", "").startswith("bmojo") and getattr(module, "use_triton", None) is original:
+    name = getattr(module, "__name__", "")
+    if name.startswith("bmojo") and getattr(module, "use_triton", None) is original:
         module.use_triton = use_triton
 torch.manual_seed(0)
 L = int(sys.argv[1]) if len(sys.argv) > 1 else 2048
-config = bmojo.preset_config("bmojo-130m", **dict(MATCHED, num_hidden_layers=int(os.environ.get("LAYERS", "1")), hidden_size=128,
+layers = int(os.environ.get("LAYERS", "1"))
+config = bmojo.preset_config("bmojo-130m", **dict(MATCHED, num_hidden_layers=layers, hidden_size=128,
     intermediate_size=256, num_attention_heads=2, num_key_value_heads=2, vocab_size=512))
 model = bmojo.BMojoForCausalLM(config).eval()
 ids = torch.randint(5, 512, (1, L))
