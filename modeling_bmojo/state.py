@@ -24,30 +24,28 @@ from ..kernels.state_fill.naive import NO_TOKEN as _NO_TOKEN
 
 class State:
     """Named tensors and nested states, allocated once. Subclasses allocate their tensors in __init__, with
-    `torch.empty`: a new state holds garbage until `reset_states_` (or `reset_`) sets its initial values,
+    `torch.empty`: a new state holds garbage until `reset_states_` sets its initial values,
     which BMojoCache.allocate does for every layer at once."""
 
     # the initial value of each tensor that does not start at zero (the marker of an empty slot)
     INITIAL = {}
 
     def named_tensors(self, prefix=""):
-        for name, value in vars(self).items():
-            if isinstance(value, torch.Tensor):
-                yield prefix + name, value
-            elif isinstance(value, State):
-                yield from value.named_tensors(f"{prefix}{name}.")
+        for name, tensor, _ in self._walk(prefix):
+            yield name, tensor
 
     def initial_values(self):
         """(tensor, its initial value) of every tensor, nested states included."""
+        for _, tensor, value in self._walk(""):
+            yield tensor, value
+
+    def _walk(self, prefix):
+        """(qualified name, tensor, initial value) of every tensor, nested states included."""
         for name, value in vars(self).items():
             if isinstance(value, torch.Tensor):
-                yield value, self.INITIAL.get(name, 0)
+                yield prefix + name, value, self.INITIAL.get(name, 0)
             elif isinstance(value, State):
-                yield from value.initial_values()
-
-    def reset_(self):
-        """Every tensor back to its initial value, in place (a cache reused for a new sequence)."""
-        reset_states_([self])
+                yield from value._walk(f"{prefix}{name}.")
 
     def map_(self, fn):
         """Re-binds every tensor to fn(tensor): for batch changes (beam expansion, selection), not per token."""
@@ -149,12 +147,9 @@ class FullKeyValues(KeyValueRing):
         if needed <= self.size:
             return
         extra = max(needed, 2 * self.size) - self.size
-
-        def grow(t):
-            fill = _NO_TOKEN if t.dtype == torch.long else 0
-            return torch.cat([t, t.new_full((t.shape[0], extra, *t.shape[2:]), fill)], dim=1)
-
-        self.map_(grow)
+        for name, t in list(vars(self).items()):  # the new slots empty: each tensor's initial value
+            room = t.new_full((t.shape[0], extra, *t.shape[2:]), self.INITIAL.get(name, 0))
+            setattr(self, name, torch.cat([t, room], dim=1))
 
 
 class TokenSet(State):
