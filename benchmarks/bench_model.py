@@ -293,11 +293,12 @@ COMPARE = {">=": float.__ge__, "<=": float.__le__, "<": float.__lt__}
 
 def targets(all_ratios, setup):
     """Issue 11's targets for bmojo-matched: eager vs eager, compiled vs compiled, best vs best."""
-    # the first training shape's target is 1.0x, any longer one's 1.5x; the shortest prefill's 1.2x time
-    checks = [(f"train tok/s {b}x{n}", ">=", 1.0 if i == 0 else 1.5)
-              for i, (b, n) in enumerate(setup.train_shapes)]
-    checks += [(f"prefill time {n}", "<=" if i == 0 else "<", 1.2 if i == 0 else 1.0)
-               for i, n in enumerate(setup.prefill_lengths)]
+    # by length, not by position in the measured list (a run of 2 x 8192 alone still needs 1.5x):
+    # training 1.0x Llama's tokens/s up to 2k and 1.5x beyond; prefill 1.2x Llama's time up to 2k, and
+    # faster than Llama beyond
+    checks = [(f"train tok/s {b}x{n}", ">=", 1.0 if n <= 2048 else 1.5) for b, n in setup.train_shapes]
+    checks += [(f"prefill time {n}", "<=" if n <= 2048 else "<", 1.2 if n <= 2048 else 1.0)
+               for n in setup.prefill_lengths]
     checks += [(f"train peak mem {b}x{length}", "<=", 1.0) for b, length in setup.train_shapes]
     out = []
     for pair in ("bmojo-matched vs llama-sdpa", "bmojo-matched+compile vs llama-sdpa+compile",

@@ -71,6 +71,8 @@ def main():
     for event in events(prof, DeviceType.CUDA):
         kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time_total / 1000
     total = sum(kernels.values())
+    if args.compile:
+        print_graphs()
     if not total:
         print("no device kernels were profiled (CPU run)")
         return
@@ -93,6 +95,15 @@ def main():
     for name in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaMemcpyAsync",
                  "cudaStreamSynchronize", "aten::_local_scalar_dense", "aten::nonzero"):
         print(f"  {'host calls: ' + name:60s} {host.get(name, 0):9d}")
+
+
+def print_graphs():
+    """How many graphs Dynamo compiled and why it broke between them: a compiled call of N graphs
+    pays N guard checks and the eager Python between them."""
+    from torch._dynamo.utils import counters
+    print(f"  {'graphs compiled (all calls)':60s} {counters['stats'].get('unique_graphs', 0):9d}")
+    for reason, n in counters["graph_break"].most_common(10):
+        print(f"  graph break x{n}: {str(reason)[:200]}")
 
 
 def train_step(model, ids, cuda):
