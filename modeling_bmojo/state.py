@@ -27,6 +27,11 @@ class State:
     `torch.empty`: a new state holds garbage until `reset_states_` sets its initial values,
     which BMojoCache.allocate does for every layer at once."""
 
+    # the attributes that are tensors or nested states, in order; an absent one (an optional part, e.g. a
+    # store without eidetic memory) is skipped. Named, not found with vars(): torch 2.11's Dynamo cannot
+    # trace vars(state).items() and broke a compiled prefill's graph in four at the cache's reset (H100,
+    # 2026-12-05: benchmarks/results/explain_compiled_prefill_2026-12-05d.py), which torch 2.13 traces.
+    FIELDS = ()
     # the initial value of each tensor that does not start at zero (the marker of an empty slot)
     INITIAL = {}
 
@@ -41,15 +46,21 @@ class State:
 
     def _walk(self, prefix):
         """(qualified name, tensor, initial value) of every tensor, nested states included."""
-        for name, value in vars(self).items():
+        for name, value in self._fields():
             if isinstance(value, torch.Tensor):
                 yield prefix + name, value, self.INITIAL.get(name, 0)
             elif isinstance(value, State):
                 yield from value._walk(f"{prefix}{name}.")
 
+    def _fields(self):
+        for name in self.FIELDS:
+            value = getattr(self, name, None)
+            if value is not None:
+                yield name, value
+
     def map_(self, fn):
         """Re-binds every tensor to fn(tensor): for batch changes (beam expansion, selection), not per token."""
-        for name, value in list(vars(self).items()):
+        for name, value in list(self._fields()):
             if isinstance(value, torch.Tensor):
                 setattr(self, name, fn(value))
             elif isinstance(value, State):
@@ -101,6 +112,8 @@ def copy_rows(dest, new, valid):
 class Mamba2State(State):
     """The Mamba-2 mixer's recurrent state: the last k-1 conv inputs and the SSM state (float32)."""
 
+    FIELDS = ("conv", "ssm")
+
     def __init__(self, batch, conv_dim, kernel, heads, head_dim, state_size, device, dtype):
         self.conv = torch.empty(batch, conv_dim, kernel - 1, device=device, dtype=dtype)  # (B, C, k-1)
         self.ssm = torch.empty(batch, heads, head_dim, state_size, device=device, dtype=torch.float32)
@@ -109,6 +122,7 @@ class Mamba2State(State):
 class KeyValueRing(State):
     """Rotated keys and values of the last `size` real tokens of each row, in a ring."""
 
+    FIELDS = ("k", "v", "pos")
     INITIAL = {"pos": _NO_TOKEN}
 
     def __init__(self, batch, size, kv_heads, head_dim, device, dtype):
@@ -147,7 +161,7 @@ class FullKeyValues(KeyValueRing):
         if needed <= self.size:
             return
         extra = max(needed, 2 * self.size) - self.size
-        for name, t in list(vars(self).items()):  # the new slots empty: each tensor's initial value
+        for name, t in list(self._fields()):  # the new slots empty: each tensor's initial value
             room = t.new_full((t.shape[0], extra, *t.shape[2:]), self.INITIAL.get(name, 0))
             setattr(self, name, torch.cat([t, room], dim=1))
 
@@ -156,6 +170,7 @@ class TokenSet(State):
     """A set of tokens kept verbatim: scores s [B, S] (float32, -inf = empty slot), positions p [B, S]
     (EMPTY when empty), pre-RoPE keys and values k, v [B, S, Hkv, D]. Kept sorted by position."""
 
+    FIELDS = ("s", "p", "k", "v")
     INITIAL = {"s": float("-inf"), "p": EMPTY}
 
     def __init__(self, batch, size, kv_heads, head_dim, device, dtype):
@@ -189,6 +204,8 @@ class TokenSet(State):
 class AttentionState(State):
     """Sliding-window attention: a ring of the last w keys/values. Full attention: every key/value."""
 
+    FIELDS = ("window",)
+
     def __init__(self, batch, size, kv_heads, head_dim, device, dtype, full=False):
         kind = FullKeyValues if full else KeyValueRing
         self.window = kind(batch, size, kv_heads, head_dim, device, dtype)
@@ -198,6 +215,8 @@ class BMojoState(State):
     """The B'MOJO mixer: its fading memory's Mamba-2 state, the window ring, the ring of the last w + n_f
     fading keys/values (of which the oldest n_f form the fading band), the fading output f_{t-1}, and the
     eidetic store with the candidates of the previous and current chunk."""
+
+    FIELDS = ("fading", "window", "band", "f_last", "store", "prev", "cur")
 
     def __init__(self, batch, fading, window, span, kv_heads, head_dim, hidden_size, eidetic_sizes,
                  device, dtype):

@@ -8,7 +8,7 @@ from conftest import cache_of, random_ids, tiny_model
 
 from bmojo.kernels.innovation.naive import EMPTY
 from bmojo.kernels.state_fill.naive import NO_TOKEN
-from bmojo.modeling_bmojo.state import reset_states_
+from bmojo.modeling_bmojo.state import State, reset_states_
 
 KINDS = {
     "bmojo": ["bmojo", "bmojo"],
@@ -142,6 +142,22 @@ def test_states_reset_in_groups_to_their_initial_values():
                 want = INITIAL.get(name.rsplit(".", 1)[-1], 0)
                 assert (t == want).all(), (name, round_)
                 t.fill_(7)  # garbage for the next round
+
+
+def test_state_fields_name_every_tensor():
+    """The states list their tensors by name (`FIELDS`: Dynamo cannot trace vars() on torch 2.11), so a tensor
+    added to a state but not to its list would be missed by the reset, beam reordering and batch changes."""
+    model = tiny_model(mixer_types=["bmojo", "mamba2", "sliding_attention", "full_attention"],
+                       num_hidden_layers=4)
+    pending = [layer.mixer.new_state(2, torch.device("cpu"), torch.float32, 40) for layer in model.model.layers]
+    seen = set()
+    while pending:
+        state = pending.pop()
+        seen.add(type(state).__name__)
+        held = {name for name, value in vars(state).items() if isinstance(value, (torch.Tensor, State))}
+        assert held == {name for name, _ in state._fields()}, type(state).__name__
+        pending += [value for _, value in state._fields() if isinstance(value, State)]
+    assert seen == {"BMojoState", "Mamba2State", "KeyValueRing", "FullKeyValues", "TokenSet", "AttentionState"}
 
 
 @torch.no_grad()
