@@ -2,7 +2,7 @@
 `torch.compile` traces a model through them instead of breaking its graph or tracing into them.
 
 Each op is a launcher that allocates its outputs and launches Triton kernels; its autograd formula
-(`register_autograd`) calls the backward launcher, itself an op. Two registrations, one body:
+(`register_autograd`) calls the backward launcher, itself an op. Three registrations, one body:
 
   - `torch.library.triton_op` when the kernels are compiled Triton: AOTAutograd decomposes the op
     into its allocations and kernel launches (`wrap_triton`), so Inductor sees the kernels and
@@ -12,6 +12,9 @@ Each op is a launcher that allocates its outputs and launches Triton kernels; it
     how triton_op traces its body), on a torch without `triton_op`, or when BMOJO_OPAQUE_KERNELS=1
     asks for it (an escape hatch should Inductor fail to compile one of the kernels: the op is then
     an opaque call, still without a graph break).
+  - Ops that write their arguments in place (the cache fills and decode updates) are opaque either way,
+    defined directly in the dispatcher (`_mutating_op`): a custom_op's Python layers cost each call of
+    those more host time than its kernel takes on the device.
 
 Ops take Python ints and int lists only (tile sizes are passed flattened), and return tensors only:
 an absent gradient is an empty tensor, which the autograd formula turns into None.
@@ -50,19 +53,51 @@ def kernel_op(name, fake, mutates=()):
     """Decorator: registers a launcher as the op `bmojo::<name>`; `fake` computes the outputs' metadata
     (used as the fake implementation of the custom_op form; the triton_op form traces the body).
     `mutates`: the names of the arguments the op writes in place (it then returns None). Such an op is
-    always an opaque `custom_op`: functionalization rejects a `triton_op` that mutates its inputs (torch 2.11
-    on an H200: "Found a custom (non-ATen) operator whose output has alias annotations"), while a mutating
-    custom_op is traced as `auto_functionalized` and written back in place by Inductor."""
+    always opaque (`_mutating_op`): functionalization rejects a `triton_op` that mutates its inputs (torch 2.11
+    on an H200: "Found a custom (non-ATen) operator whose output has alias annotations"), while an opaque
+    mutating op is traced as `auto_functionalized` and written back in place by Inductor."""
 
     def register(fn):
         qualname = f"bmojo::{name}"
-        if USE_TRITON_OP and not mutates:
+        if mutates:
+            return EagerBody(_mutating_op(name, fn, fake, mutates), fn)
+        if USE_TRITON_OP:
             return EagerBody(torch.library.triton_op(qualname, fn, mutates_args=mutates), fn)
         op = torch.library.custom_op(qualname, fn, mutates_args=mutates)
         op.register_fake(fake)
         return EagerBody(op, fn)
 
     return register
+
+
+# The library the mutating ops are defined in (kept alive: a Library unregisters its ops when collected).
+_LIBRARY = torch.library.Library("bmojo", "FRAGMENT")
+
+
+def _mutating_op(name, fn, fake, mutates):
+    """A mutating op, registered at the dispatcher's level (`Library.define` / `impl`), not as a `custom_op`.
+
+    Why: what a compiled graph calls of such an op is the op itself (Inductor cannot see into it), and a
+    `custom_op`'s call passes three Python layers (an autograd wrapper, a version-bumping ADInplaceOrView
+    kernel that rebuilds the argument list, a checking backend wrapper) before the body: ~150 us per call of
+    an 11-argument op on this project's CPU sandbox (torch 2.13), 110-220 us on the H100/H200 hosts, where a
+    compiled 1 x 2048 prefill calls `fill_set` and `fill_ring` 60 times (~7 of its 20 ms of host time, H200,
+    2026-12-05: benchmarks/results/prefill_compiled_bmojo-matched_2048_h200_2026-12-05d.txt). Defined here,
+    a call is one Python hop to the backend (~9 us there). Its autograd kernel runs the op below autograd:
+    the state it writes never joins a graph, as with the custom_op (none of these ops has a gradient)."""
+    schema = torch.library.infer_schema(fn, mutates_args=mutates)
+    _LIBRARY.define(name + schema)
+    op = getattr(torch.ops.bmojo, name).default
+
+    def below_autograd(keyset, *args, **kwargs):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args, **kwargs)
+
+    for key in ("CPU", "CUDA"):
+        _LIBRARY.impl(name, fn, key)
+    _LIBRARY.impl(name, below_autograd, "Autograd", with_keyset=True)
+    torch.library.register_fake(f"bmojo::{name}", fake, lib=_LIBRARY)
+    return op
 
 
 class EagerBody:

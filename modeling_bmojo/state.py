@@ -87,6 +87,14 @@ def reset_states_(states):
     (0 + -inf = -inf, 0 + EMPTY = EMPTY, exactly). A fill per tensor cost a 12-layer B'MOJO cache ~250
     launches, each paid for in host time by an eager prefill (~1,600 launches in all at 1 x 2048, H200,
     2026-12-05)."""
+    if torch.compiler.is_compiling():
+        # traced, a fill per tensor: Inductor writes them in a few fused kernels, where it has no lowering for
+        # the foreach ops and calls them as functional fallbacks, each tensor then copied back (~250 device
+        # copies in a compiled 12-layer prefill, H100 2026-12-05)
+        for state in states:
+            for tensor, value in state.initial_values():
+                tensor.fill_(value)
+        return
     groups = defaultdict(list)
     for state in states:
         for tensor, value in state.initial_values():
