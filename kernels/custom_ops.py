@@ -70,8 +70,21 @@ def kernel_op(name, fake, mutates=()):
     return register
 
 
-# The library the mutating ops are defined in (kept alive: a Library unregisters its ops when collected).
-_LIBRARY = torch.library.Library("bmojo", "FRAGMENT")
+def _library_of(name):
+    """A Library fragment of its own for the op `bmojo::<name>`, the one a previous definition used destroyed
+    first: a second copy of this module (the Hub's remote code, loaded where bmojo is also imported) then
+    redefines the op instead of failing, as `custom_op` allows. torch's own registry of those libraries is
+    what custom_op uses; without it (another torch), one library per op and copy, kept alive here."""
+    try:
+        from torch._library.custom_ops import get_library_allowing_overwrite
+    except ImportError:
+        library = torch.library.Library("bmojo", "FRAGMENT")
+        _LIBRARIES.append(library)  # a Library unregisters its ops when collected
+        return library
+    return get_library_allowing_overwrite("bmojo", name)
+
+
+_LIBRARIES = []
 
 
 def _mutating_op(name, fn, fake, mutates):
@@ -86,7 +99,8 @@ def _mutating_op(name, fn, fake, mutates):
     a call is one Python hop to the backend (~9 us there). Its autograd kernel runs the op below autograd:
     the state it writes never joins a graph, as with the custom_op (none of these ops has a gradient)."""
     schema = torch.library.infer_schema(fn, mutates_args=mutates)
-    _LIBRARY.define(name + schema)
+    library = _library_of(name)
+    library.define(name + schema)
     op = getattr(torch.ops.bmojo, name).default
 
     def below_autograd(keyset, *args, **kwargs):
@@ -94,9 +108,9 @@ def _mutating_op(name, fn, fake, mutates):
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args, **kwargs)
 
     for key in ("CPU", "CUDA"):
-        _LIBRARY.impl(name, fn, key)
-    _LIBRARY.impl(name, below_autograd, "Autograd", with_keyset=True)
-    torch.library.register_fake(f"bmojo::{name}", fake, lib=_LIBRARY)
+        library.impl(name, fn, key)
+    library.impl(name, below_autograd, "Autograd", with_keyset=True)
+    torch.library.register_fake(f"bmojo::{name}", fake, lib=library)
     return op
 
 

@@ -247,16 +247,19 @@ class BMojoModel(BMojoPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if past_key_values is None or past_key_values.is_empty:
-            hidden, all_hidden, aux = self._parallel(inputs_embeds, mask, past_key_values, output_hidden_states)
+            hidden, all_hidden, aux = self._parallel(inputs_embeds, mask, past_key_values, output_hidden_states,
+                                                     padded=attention_mask is not None)
         else:
             hidden, all_hidden, aux = self._recurrent(inputs_embeds, mask, past_key_values, output_hidden_states)
         all_hidden = tuple(all_hidden) if all_hidden is not None else None  # transformers' type for them
         return BMojoModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, innovation_loss=aux,
                                 **{CACHE_NAME: past_key_values if use_cache else None})
 
-    def _parallel(self, hidden, mask, cache, output_hidden_states):
+    def _parallel(self, hidden, mask, cache, output_hidden_states, padded=True):
         lengths = mask.sum(dim=1)
-        order = left_justify_order(mask)  # None when every row already starts with its real tokens
+        # None when every row already starts with its real tokens; without a mask (`padded` False) none can
+        # be padded: no look at the mask (a host sync eagerly, a sort in a compiled graph)
+        order = left_justify_order(mask) if padded else None
 
         # back to the caller's column order: a gather by the inverse permutation (functional, so the same
         # under torch.compile; an in-place scatter into a fresh buffer is not)

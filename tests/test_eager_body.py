@@ -108,3 +108,23 @@ def test_mutating_ops_are_called_without_custom_op_layers():
     compiled(written, src.detach())
     assert torch.equal(written, src.detach() * 2)
     torch.library.opcheck(fill_probe.op, (torch.zeros(3), torch.randn(3)))
+
+
+def test_a_second_copy_of_the_module_redefines_mutating_ops():
+    """The Hub's remote code carries its own copy of custom_ops.py; loaded where bmojo is imported too, it
+    defines the same mutating ops again. That must not fail (a plain `Library.define` would), and the latest
+    definition is the one called, as with `custom_op`."""
+    import importlib.util
+
+    from bmojo.kernels import custom_ops
+    spec = importlib.util.spec_from_file_location("copy_of_custom_ops", custom_ops.__file__)
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    for module, added in ((custom_ops, 1.0), (copy, 2.0)):
+        @module.kernel_op("test_redefined_probe", fake=_fill_fake, mutates=("dest",))
+        def add_probe(dest: torch.Tensor, src: torch.Tensor) -> None:
+            dest.copy_(src + added)
+
+        written = torch.zeros(2)
+        add_probe.op(written, torch.ones(2))
+        assert torch.equal(written, torch.full((2,), 1.0 + added))
