@@ -53,9 +53,9 @@ def kernel_op(name, fake, mutates=()):
     """Decorator: registers a launcher as the op `bmojo::<name>`; `fake` computes the outputs' metadata
     (used as the fake implementation of the custom_op form; the triton_op form traces the body).
     `mutates`: the names of the arguments the op writes in place (it then returns None). Such an op is
-    always opaque (`_mutating_op`): functionalization rejects a `triton_op` that mutates its inputs (torch 2.11
-    on an H200: "Found a custom (non-ATen) operator whose output has alias annotations"), while an opaque
-    mutating op is traced as `auto_functionalized` and written back in place by Inductor."""
+    always opaque (`_mutating_op`): functionalization rejects a `triton_op` that mutates its inputs (torch
+    2.11 on an H200: "Found a custom (non-ATen) operator whose output has alias annotations"), while an
+    opaque mutating op is traced as `auto_functionalized` and written back in place by Inductor."""
 
     def register(fn):
         qualname = f"bmojo::{name}"
@@ -96,8 +96,8 @@ def _mutating_op(name, fn, fake, mutates):
     an 11-argument op on this project's CPU sandbox (torch 2.13), 110-220 us on the H100/H200 hosts, where a
     compiled 1 x 2048 prefill calls `fill_set` and `fill_ring` 60 times (~7 of its 20 ms of host time, H200,
     2026-12-05: benchmarks/results/prefill_compiled_bmojo-matched_2048_h200_2026-12-05d.txt). Defined here,
-    a call is one Python hop to the backend (~9 us there). Its autograd kernel runs the op below autograd:
-    the state it writes never joins a graph, as with the custom_op (none of these ops has a gradient)."""
+    a call is two short Python hops (~19 us there, with the autograd kernel). That kernel runs the op below
+    autograd: the state it writes never joins a graph, as with the custom_op (none has a gradient)."""
     schema = torch.library.infer_schema(fn, mutates_args=mutates)
     library = _library_of(name)
     library.define(name + schema)

@@ -81,8 +81,8 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
         return mask
     if attention_mask is not None:  # without one, every new token is real: no row can have a hole
         started = (cache.lengths > 0)[:, None] if filled else mask.new_zeros(batch, 0)
-        _require(~_holes(torch.cat([started, mask], dim=1)),
-                 "attention_mask has a 0 between real tokens of a row; only left or right padding is supported")
+        _require(~_holes(torch.cat([started, mask], dim=1)), "attention_mask has a 0 between real tokens "
+                 "of a row; only left or right padding is supported")
 
     if position_ids is not None:
         if position_ids.dim() != 2 or position_ids.shape[1] != new or position_ids.shape[0] not in (1, batch):

@@ -247,8 +247,8 @@ class BMojoModel(BMojoPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if past_key_values is None or past_key_values.is_empty:
-            hidden, all_hidden, aux = self._parallel(inputs_embeds, mask, past_key_values, output_hidden_states,
-                                                     padded=attention_mask is not None)
+            hidden, all_hidden, aux = self._parallel(inputs_embeds, mask, past_key_values,
+                                                     output_hidden_states, padded=attention_mask is not None)
         else:
             hidden, all_hidden, aux = self._recurrent(inputs_embeds, mask, past_key_values, output_hidden_states)
         all_hidden = tuple(all_hidden) if all_hidden is not None else None  # transformers' type for them

@@ -94,10 +94,10 @@ def fill_probe(dest: torch.Tensor, src: torch.Tensor) -> None:
 
 
 def test_mutating_ops_are_called_without_custom_op_layers():
-    """An op that writes its arguments is defined in the dispatcher, not as a custom_op: the call compiled code
-    makes reaches the body without the custom_op's Python layers (~150 us of host time per call of an
-    11-argument op), the written tensor stays out of autograd when an input needs a gradient, and compiled
-    callers (auto_functionalized) and opcheck see a correct op."""
+    """An op that writes its arguments is defined in the dispatcher, not as a custom_op: the call that
+    compiled code makes reaches the body without the custom_op's Python layers (~150 us of host time per
+    call of an 11-argument op), the written tensor stays out of autograd when an input needs a gradient,
+    and compiled callers (auto_functionalized) and opcheck see a correct op."""
     dest, src = torch.zeros(3), torch.randn(3, requires_grad=True)
     MUTATING.clear()
     fill_probe.op(dest, src)  # through the dispatcher, as Inductor's generated code calls it

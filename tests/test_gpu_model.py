@@ -193,9 +193,9 @@ def test_prefill_selection_on_cuda_equals_eager_cpu(path, monkeypatch):
 
 @torch.no_grad()
 def test_compiled_prefill_with_kernels_is_one_graph():
-    """A prefill that fills the cache, `torch.compile(model, fullgraph=True)`d on the Triton path, traces as one
-    graph on the installed torch (fullgraph raises at a break: torch 2.11 broke at the cache reset where the
-    CPU tests' torch 2.13 did not), and its logits and states equal the eager kernel path's."""
+    """A prefill that fills the cache, `torch.compile(model, fullgraph=True)`d on the Triton path, traces as
+    one graph on the installed torch (fullgraph raises at a break: torch 2.11 broke at the cache reset where
+    the CPU tests' torch 2.13 did not), and its logits and states equal the eager kernel path's."""
     torch._dynamo.reset()
     model, _ = pair(torch.float32)
     model.eval()
