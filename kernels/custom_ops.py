@@ -96,7 +96,8 @@ def _mutating_op(name, fn, fake, mutates):
     an 11-argument op on this project's CPU sandbox (torch 2.13), 110-220 us on the H100/H200 hosts, where a
     compiled 1 x 2048 prefill calls `fill_set` and `fill_ring` 60 times (~7 of its 20 ms of host time, H200,
     2026-12-05: benchmarks/results/prefill_compiled_bmojo-matched_2048_h200_2026-12-05d.txt). Defined here,
-    a call is two short Python hops (~19 us there, with the autograd kernel). That kernel runs the op below
+    a call is two short Python hops (~21 us there, with the autograd kernel: benchmarks/results/
+    mutating_op_cost_cpu_2026-12-05d.py). That kernel runs the op below
     autograd: the state it writes never joins a graph, as with the custom_op (none has a gradient)."""
     schema = torch.library.infer_schema(fn, mutates_args=mutates)
     library = _library_of(name)
