@@ -243,8 +243,10 @@ def select_best(scores, pos, k, use_kernels="auto"):
 
 def fill_ring_(ring_k, ring_v, ring_pos, k, v, lengths, use_kernels="auto"):
     """A ring's keys, values and positions after a parallel pass over k, v [B, T, Hkv, D], in place
-    (state_fill/naive.py `fill_ring_reference_`)."""
-    if state_kernels_used(k, use_kernels):
+    (state_fill/naive.py `fill_ring_reference_`). Under torch.compile the reference, traced: Inductor writes
+    it in its own kernels, where the Triton op is an opaque call costing ~120 us of host time (H100,
+    2026-12-05e: 60 fill calls in a compiled 12-layer prefill)."""
+    if state_kernels_used(k, use_kernels) and not torch.compiler.is_compiling():
         from .state_fill.rows import fill_ring_triton_
         return fill_ring_triton_(ring_k, ring_v, ring_pos, k, v, lengths)
     return _fill_ring_reference(ring_k, ring_v, ring_pos, k, v, lengths, use_kernels=use_kernels)

@@ -75,7 +75,9 @@ class BMojoCache(Cache):
             self.seen = torch.zeros((), dtype=torch.long, device=device)
             self.dtype = dtype
             self._mark_static()
-        reset_states_(self.states)  # new or reused, every layer's state at its initial values, at once
+        # new or reused, every layer's state at its initial values, at once; a compiled prefill skips what it
+        # overwrites in full (each tensor a fill kernel there, where eager groups them in a few launches)
+        reset_states_(self.states, skip_prefilled=torch.compiler.is_compiling())
         self.verified_for = None
 
     # Allocations of other batch sizes kept by a cache that generate() reuses: a compiled decode step's CUDA

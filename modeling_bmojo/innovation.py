@@ -131,9 +131,10 @@ def sets_after_prefill(lengths, window, cands, stores, keys, values):
 def fill_sets_after_prefill_(sets, lengths, window, cands, stores, keys, values, use_kernels="auto"):
     """The state's store, prev and cur sets (TokenSets, by name) := what `sets_after_prefill` gives, in place.
     With BMOJO_STATE_KERNELS=1 on CUDA one Triton launch writes each set (kernels/state_fill/rows.py);
-    otherwise, and for a store that grew past its fixed size (an unbounded store), the reference."""
+    otherwise, for a store that grew past its fixed size (an unbounded store), and under torch.compile (the
+    reference traced, as `fill_ring_`), the reference."""
     fixed = stores[0].shape[2] == sets["store"].size and cands[0].shape[2] == sets["cur"].size
-    if fixed and state_kernels_used(keys, use_kernels):
+    if fixed and state_kernels_used(keys, use_kernels) and not torch.compiler.is_compiling():
         sources = (("store", stores, 0), ("prev", cands, -1), ("cur", cands, 0))  # the chunk: last + offset
         for name, (chunk_s, chunk_p), offset in sources:
             if sets[name].size:

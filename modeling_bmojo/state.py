@@ -34,23 +34,27 @@ class State:
     FIELDS = ()
     # the initial value of each tensor that does not start at zero (the marker of an empty slot)
     INITIAL = {}
+    # whether a prefill writes every element of this state's own tensors (nested states answer for theirs),
+    # whatever it held: a compiled prefill then leaves them out of the reset (`reset_states_`)
+    PREFILL_WRITES_ALL = False
 
     def named_tensors(self, prefix=""):
         for name, tensor, _ in self._walk(prefix):
             yield name, tensor
 
-    def initial_values(self):
-        """(tensor, its initial value) of every tensor, nested states included."""
-        for _, tensor, value in self._walk(""):
+    def initial_values(self, skip_prefilled=False):
+        """(tensor, its initial value) of every tensor, nested states included; with `skip_prefilled`, only
+        those a prefill does not overwrite in full."""
+        for _, tensor, value in self._walk("", skip_prefilled):
             yield tensor, value
 
-    def _walk(self, prefix):
+    def _walk(self, prefix, skip_prefilled=False):
         """(qualified name, tensor, initial value) of every tensor, nested states included."""
         for name, value in self._fields():
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, State):
+                yield from value._walk(f"{prefix}{name}.", skip_prefilled)
+            elif not (skip_prefilled and self.PREFILL_WRITES_ALL):
                 yield prefix + name, value, self.INITIAL.get(name, 0)
-            elif isinstance(value, State):
-                yield from value._walk(f"{prefix}{name}.")
 
     def _fields(self):
         for name in self.FIELDS:
@@ -81,23 +85,25 @@ class State:
         return sum(t.numel() * t.element_size() for _, t in self.named_tensors())
 
 
-def reset_states_(states):
+def reset_states_(states, skip_prefilled=False):
     """Every tensor of `states` set to its initial value, in place, in a few launches: the tensors grouped by
     device, dtype and value, each group zeroed by one foreach call and moved to a non-zero value by one more
     (0 + -inf = -inf, 0 + EMPTY = EMPTY, exactly). A fill per tensor cost a 12-layer B'MOJO cache ~250
     launches, each paid for in host time by an eager prefill (~1,600 launches in all at 1 x 2048, H200,
-    2026-12-05)."""
+    2026-12-05). `skip_prefilled`: leave out what the coming prefill overwrites in full
+    (`State.PREFILL_WRITES_ALL`)."""
     if torch.compiler.is_compiling():
-        # traced, a fill per tensor: Inductor writes them in a few fused kernels, where it has no lowering for
-        # the foreach ops and calls them as functional fallbacks, each tensor then copied back (~250 device
-        # copies in a compiled 12-layer prefill, H100 2026-12-05)
+        # traced, a fill per tensor: Inductor has no lowering for the foreach ops and calls them as functional
+        # fallbacks, each tensor then copied back (~250 device copies in a compiled 12-layer prefill, H100
+        # 2026-12-05); and each fill stays a kernel of its own (120 launches, ~1.7 ms of host time in a
+        # compiled 2k prefill, H100 2026-12-05e), so a compiled prefill resets only what it will not write
         for state in states:
-            for tensor, value in state.initial_values():
+            for tensor, value in state.initial_values(skip_prefilled):
                 tensor.fill_(value)
         return
     groups = defaultdict(list)
     for state in states:
-        for tensor, value in state.initial_values():
+        for tensor, value in state.initial_values(skip_prefilled):
             groups[tensor.device, tensor.dtype, value].append(tensor)
     for (_, _, value), tensors in groups.items():
         torch._foreach_zero_(tensors)
@@ -121,6 +127,7 @@ class Mamba2State(State):
     """The Mamba-2 mixer's recurrent state: the last k-1 conv inputs and the SSM state (float32)."""
 
     FIELDS = ("conv", "ssm")
+    PREFILL_WRITES_ALL = True  # Mamba2Mixer.forward: both, at each row's length
 
     def __init__(self, batch, conv_dim, kernel, heads, head_dim, state_size, device, dtype):
         self.conv = torch.empty(batch, conv_dim, kernel - 1, device=device, dtype=dtype)  # (B, C, k-1)
@@ -132,6 +139,7 @@ class KeyValueRing(State):
 
     FIELDS = ("k", "v", "pos")
     INITIAL = {"pos": _NO_TOKEN}
+    PREFILL_WRITES_ALL = True  # `fill`: every slot, an empty one as zeros at NO_TOKEN
 
     def __init__(self, batch, size, kv_heads, head_dim, device, dtype):
         self.k = torch.empty(batch, size, kv_heads, head_dim, device=device, dtype=dtype)  # (B, S, Hkv, D)
@@ -157,6 +165,8 @@ class KeyValueRing(State):
 class FullKeyValues(KeyValueRing):
     """Every real token's rotated key and value, slot = position; grows (eagerly) past its capacity."""
 
+    PREFILL_WRITES_ALL = False  # `fill` writes the prompt's columns only; a reused buffer can be longer
+
     def fill(self, k, v, lengths, use_kernels="auto"):
         seqlen = k.shape[1]
         self.k[:, :seqlen] = k
@@ -180,6 +190,7 @@ class TokenSet(State):
 
     FIELDS = ("s", "p", "k", "v")
     INITIAL = {"s": float("-inf"), "p": EMPTY}
+    PREFILL_WRITES_ALL = True  # `fill_sets_after_prefill_`: every slot, an empty one at -inf / EMPTY
 
     def __init__(self, batch, size, kv_heads, head_dim, device, dtype):
         self.s = torch.empty((batch, size), dtype=torch.float32, device=device)
@@ -225,6 +236,7 @@ class BMojoState(State):
     eidetic store with the candidates of the previous and current chunk."""
 
     FIELDS = ("fading", "window", "band", "f_last", "store", "prev", "cur")
+    PREFILL_WRITES_ALL = True  # f_last, its only tensor (zeros for an empty row); the nested states say
 
     def __init__(self, batch, fading, window, span, kv_heads, head_dim, hidden_size, eidetic_sizes,
                  device, dtype):

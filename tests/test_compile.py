@@ -240,3 +240,40 @@ def test_inductor_reused_parallel_region_gradients(parallel_regions):
     wrong = [name for name in grads
              if not torch.allclose(grads[name], eager[2][name], atol=1e-5, rtol=1e-4)]
     assert wrong, "torch no longer corrupts reused regions' gradients: PARALLEL_REGIONS can be turned on"
+
+
+@pytest.mark.parametrize("cache_len", [None, 64])
+def test_compiled_prefill_into_a_reused_cache_equals_eager(cache_len):
+    """A compiled prefill resets only the state tensors it does not overwrite in full (`PREFILL_WRITES_ALL`:
+    each reset tensor is a fill kernel of its own there). Into a cache that held another sequence and is
+    filled with garbage (NaN, stray positions), of every mixer kind and a full-attention buffer longer than
+    the prompt (cache_len 64), its logits, decode steps and states equal an eager prefill's into a new cache."""
+    mixers = ["bmojo", "mamba2", "sliding_attention", "full_attention"]
+    torch.manual_seed(0)
+    cfg = bmojo.preset_config("tiny", initializer_range=0.2, use_kernels=False, num_hidden_layers=4,
+                              mixer_types=mixers)
+    model = bmojo.BMojoForCausalLM(cfg).eval()
+    inputs, graphs = left_padded_batch(), []
+    del inputs["labels"]
+    with torch.no_grad():
+        reused = bmojo.BMojoCache(cfg, max_cache_len=cache_len)
+        model(random_ids(2, 30, seed=9), past_key_values=reused, use_cache=True)
+        for state in reused.states:
+            for _, t in state.named_tensors():
+                t.fill_(float("nan") if t.is_floating_point() else 3)
+        reused.reset()
+        compiled_model = torch.compile(model, backend=recording_aot_eager(graphs), fullgraph=True)
+        compiled = compiled_model(**inputs, past_key_values=reused, use_cache=True)
+        eager = model(**inputs, use_cache=True)
+        torch.testing.assert_close(compiled.logits, eager.logits, atol=1e-6, rtol=1e-5)
+        fresh, mask = eager.past_key_values, inputs["attention_mask"]
+        for t in range(3):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            token = random_ids(2, 1, seed=20 + t)
+            got = model(token, past_key_values=reused, attention_mask=mask).logits
+            want = model(token, past_key_values=fresh, attention_mask=mask).logits
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    # the fills: the reset's of the full-attention layer's keys, values and positions (a full reset: 26) and
+    # the cache's column count
+    fills = [node for node in graphs[0].graph.nodes if str(node.target).endswith("fill_")]
+    assert len(fills) == 4, [str(node.target) for node in fills]
