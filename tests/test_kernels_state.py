@@ -353,7 +353,8 @@ def test_compiled_prefill_traces_the_fills_and_equals_eager(monkeypatch):
     with torch.no_grad():
         eager = model(ids, attention_mask=mask, use_cache=True)
         torch._dynamo.reset()
-        compiled = torch.compile(model, backend=keep, fullgraph=True)(ids, attention_mask=mask, use_cache=True)
+        compiled_model = torch.compile(model, backend=keep, fullgraph=True)
+        compiled = compiled_model(ids, attention_mask=mask, use_cache=True)
     torch.testing.assert_close(compiled.logits, eager.logits, atol=1e-5, rtol=1e-4)
     for e_state, c_state in zip(eager.past_key_values.states, compiled.past_key_values.states, strict=True):
         for (name, e), (_, c) in zip(e_state.named_tensors(), c_state.named_tensors(), strict=True):
