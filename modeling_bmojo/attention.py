@@ -13,7 +13,8 @@ from torch import nn
 
 from ..kernels.dispatch import (decode_attention, eidetic_decode_step_, eidetic_kernel_used, memory_attention,
                                 push_rings_, rotate, state_kernels_used)
-from .common import RMSNorm, rope_angles
+from .common import (RMSNorm, gather_last, no_loss, real_token_count, real_tokens, rope_angles,
+                     sequence_angles)
 from .innovation import InnovationPredictor, fill_sets_after_prefill_, parallel_eidetic, step_sets
 from .mamba2 import Mamba2Mixer
 from .state import AttentionState, BMojoState, copy_rows
@@ -57,6 +58,10 @@ class Attention(nn.Module):
     def angles(self, positions):
         return rope_angles(positions, self.head_dim, self.rope_theta)
 
+    def sequence_angles(self, batch, seqlen, device):
+        """The angles of a parallel pass's positions (computed once per pass, `common.sequence_angles`)."""
+        return sequence_angles(batch, seqlen, self.head_dim, self.rope_theta, device)
+
     def rope(self, x, angles):
         return rotate(x, *angles, use_kernels=self.use_kernels)
 
@@ -66,13 +71,12 @@ class Attention(nn.Module):
     def forward(self, hidden, lengths, state=None):
         batch, seqlen, _ = hidden.shape
         q, k, v = self.project(hidden)
-        pos = torch.arange(seqlen, device=hidden.device).expand(batch, -1)
-        angles = self.angles(pos)
+        angles = self.sequence_angles(batch, seqlen, hidden.device)
         q_rot, k_rot = self.rope(q, angles), self.rope(k, angles)
         o = memory_attention(q_rot, k_rot, v, self.window, use_kernels=self.use_kernels)
         if state is not None:
             state.window.fill(k_rot, v, lengths, self.use_kernels)
-        return self._out(o), hidden.new_zeros((), dtype=torch.float32)
+        return self._out(o), no_loss(hidden.device)
 
     def new_state(self, batch, device, dtype, max_length):
         """The decoding state: a ring of the last w keys/values, or (full attention) room for `max_length`."""
@@ -150,15 +154,14 @@ class BMojoMixer(Attention):
         f, _ = self.fading(hidden, lengths, None if state is None else state.fading)  # (B, T, d)
         q, k, v = self.project(hidden)
         kf, vf = self.fading_kv(f)
-        pos = torch.arange(seqlen, device=hidden.device).expand(batch, -1)
-        real = pos < lengths[:, None]
-        angles = self.angles(pos)
+        real = real_tokens(lengths, seqlen)
+        angles = self.sequence_angles(batch, seqlen, hidden.device)
         q_rot, k_rot, kf_rot = self.rope(q, angles), self.rope(k, angles), self.rope(kf, angles)
-        extra, aux = {}, hidden.new_zeros((), dtype=torch.float32)
+        extra, aux = {}, no_loss(hidden.device)
         if self.eidetic:
             f_prev = F.pad(f, (0, 0, 1, 0))[:, :seqlen]  # f_{t-1}, zero before the first token
             innovation = self.predictor(f_prev, k)  # (B, T)
-            aux = (innovation * real).sum() / real.sum().clamp(min=1)
+            aux = (innovation * real).sum() / real_token_count(lengths, seqlen)
             ek, ev, e_valid, cands, stores = parallel_eidetic(
                 innovation.detach(), real, k, v, self.window, self.per_chunk, self.capacity, self.use_kernels)
             extra = dict(q_raw=q, eidetic_keys=ek, eidetic_values=ev, eidetic_valid=e_valid)
@@ -167,8 +170,7 @@ class BMojoMixer(Attention):
         if state is not None:
             state.window.fill(k_rot, v, lengths, self.use_kernels)
             state.band.fill(kf_rot, vf, lengths, self.use_kernels)
-            state.f_last.copy_(f[torch.arange(batch, device=f.device), (lengths - 1).clamp(min=0)]
-                               * (lengths > 0)[:, None])
+            state.f_last.copy_(gather_last(f, lengths, 1)[0][:, 0])  # f at the last real token, zeros if none
             if self.eidetic:
                 fill_sets_after_prefill_(state.sets(), lengths, self.window, cands, stores, k, v,
                                          use_kernels=self.use_kernels)

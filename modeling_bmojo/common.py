@@ -1,4 +1,8 @@
-"""Pieces every mixer uses: RMSNorm, rotary embeddings, and gathering the last tokens of each row."""
+"""Pieces every mixer uses: RMSNorm, rotary embeddings, and gathering the last tokens of each row; and the
+values every layer of one parallel pass would recompute from the same inputs, computed once."""
+
+import contextlib
+import contextvars
 
 import torch
 from torch import nn
@@ -88,15 +92,84 @@ def rope_angles(positions, dim, theta):
     return cos[:, :, None], sin[:, :, None]
 
 
+# --- values shared across the layers of one parallel pass --------------------------------------------------
+# Every layer of a prefill or training forward builds the same column positions, RoPE angles, real-token mask
+# and last-token indices from the same lengths: ~20 small launches per B'MOJO layer, each paid for in host
+# time by an eager prefill (~1,370 launches in a 12-layer 2k prefill, H100 2026-12-05). Inside
+# `shared_across_layers()` (BMojoModel's eager parallel pass) the first layer computes them and the others
+# reuse them. Compiled code computes them inline (the compiler dedupes them) and never enters the block.
+_SHARED = contextvars.ContextVar("bmojo_shared_across_layers", default=None)
+
+
+@contextlib.contextmanager
+def shared_across_layers():
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _shared(key, compute, owner=None):
+    """compute(), or what it gave for `key` earlier in the same `shared_across_layers` block. `owner`: the
+    tensor the value derives from, kept with it (its id is part of the key and is not reused while held)."""
+    if torch.compiler.is_compiling():
+        return compute()
+    memo = _SHARED.get()
+    if memo is None:
+        return compute()
+    hit = memo.get(key)
+    if hit is None or hit[0] is not owner:
+        hit = memo[key] = (owner, compute())
+    return hit[1]
+
+
+def sequence_positions(batch, seqlen, device):
+    """[B, T] int64: each column's position in a parallel pass (real tokens first in every row)."""
+    return _shared(("positions", batch, seqlen, device),
+                   lambda: torch.arange(seqlen, device=device).expand(batch, -1))
+
+
+def real_tokens(lengths, seqlen):
+    """[B, T] bool: column t of row b is a real token (t < lengths[b])."""
+    return _shared(("real", id(lengths), seqlen),
+                   lambda: torch.arange(seqlen, device=lengths.device)[None, :] < lengths[:, None], lengths)
+
+
+def real_token_count(lengths, seqlen):
+    """The number of real tokens, at least 1 (a mean's denominator), as a float32 scalar tensor."""
+    return _shared(("count", id(lengths), seqlen),
+                   lambda: real_tokens(lengths, seqlen).sum().clamp(min=1).float(), lengths)
+
+
+def sequence_angles(batch, seqlen, dim, theta, device):
+    """`rope_angles` of `sequence_positions`."""
+    return _shared(("angles", batch, seqlen, dim, float(theta), device),
+                   lambda: rope_angles(sequence_positions(batch, seqlen, device), dim, theta))
+
+
+def no_loss(device):
+    """A float32 zero scalar: the auxiliary loss of a mixer that has none."""
+    return _shared(("zero", device), lambda: torch.zeros((), dtype=torch.float32, device=device))
+
+
+def _last_positions(lengths, count):
+    """(index [B, count] clamped at 0, valid [B, count]) of the `count` positions ending at each length."""
+    def compute():
+        idx = lengths[:, None] - count + torch.arange(count, device=lengths.device)[None, :]
+        return idx.clamp(min=0), idx >= 0
+
+    return _shared(("last", id(lengths), count), compute, lengths)
+
+
 def gather_last(x, lengths, count):
     """The `count` entries ending at each row's length: x [B, T, ...], lengths [B] -> ([B, count, ...], valid [B, count]).
 
     Row b gets positions lengths[b]-count .. lengths[b]-1; positions before 0 read zeros and are invalid."""
-    idx = lengths[:, None] - count + torch.arange(count, device=x.device)[None, :]  # (B, count)
-    valid = idx >= 0
-    flat = idx.clamp(min=0).reshape(x.shape[0], count, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
-    out = torch.gather(x, 1, flat)
-    return out * valid.reshape(*valid.shape, *([1] * (x.dim() - 2))).to(out.dtype), valid
+    idx, valid = _last_positions(lengths, count)
+    trailing = [1] * (x.dim() - 2)
+    out = torch.gather(x, 1, idx.reshape(x.shape[0], count, *trailing).expand(-1, -1, *x.shape[2:]))
+    return torch.where(valid.reshape(*valid.shape, *trailing), out, 0), valid
 
 
 def where_rows(valid_row, new, old):

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..configuration.configuration_bmojo import SSM_A_INITS
 from ..kernels.dispatch import causal_conv1d_silu, gated_rms_norm, ssd_scan, ssd_step
-from .common import RMSNorm, gather_last
+from .common import RMSNorm, gather_last, no_loss, real_tokens
 from .state import Mamba2State, copy_rows
 
 # Bounds of the discretisation, applied in both forms (parallel and one-token step) so they stay one function.
@@ -116,7 +116,7 @@ class Mamba2Mixer(nn.Module):
         xbc_conv = causal_conv1d_silu(xbc, self.conv1d.weight[:, 0], self.conv1d.bias,
                                       use_kernels=self.use_kernels)  # (B, T, C)
         x, b, c = self._ssm_inputs(xbc_conv)
-        real = torch.arange(seqlen, device=hidden.device)[None, :] < lengths[:, None]
+        real = real_tokens(lengths, seqlen)
         dt, A = self.discretisation(dt)
         dt = dt * real[..., None]  # dt = 0 on padding: the state is neither decayed nor fed there.
         y, final = ssd_scan(x, dt, A, b, c, self.chunk_size, D=self.D, output_final_state=state is not None,
@@ -125,7 +125,7 @@ class Mamba2Mixer(nn.Module):
             conv, _ = gather_last(xbc, lengths, self.kernel - 1)  # (B, k-1, C)
             state.conv.copy_(conv.transpose(1, 2))
             state.ssm.copy_(final)
-        return self._output(y, z), hidden.new_zeros((), dtype=torch.float32)
+        return self._output(y, z), no_loss(hidden.device)
 
     def new_state(self, batch, device, dtype, max_length=None):
         return Mamba2State(batch, self.conv_dim, self.kernel, self.heads, self.head_dim, self.state_size,

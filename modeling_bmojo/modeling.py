@@ -26,7 +26,7 @@ from ..kernels.dispatch import swiglu
 from .attention import Attention, BMojoMixer
 from .cache import CACHE_NAME, BMojoCache, _fingerprint, check_cache, check_cache_storage, pick_cache
 from .checkpoint import load_checked
-from .common import RMSNorm
+from .common import RMSNorm, shared_across_layers
 from .inputs import check_inputs, left_justify_order, output_hidden_states_flag
 from .loss import linear_cross_entropy
 from .mamba2 import Mamba2Mixer, ssm_init_values
@@ -256,6 +256,12 @@ class BMojoModel(BMojoPreTrainedModel):
                                 **{CACHE_NAME: past_key_values if use_cache else None})
 
     def _parallel(self, hidden, mask, cache, output_hidden_states, padded=True):
+        if torch.compiler.is_compiling():  # the graph dedupes what the layers share: no block to trace
+            return self._parallel_layers(hidden, mask, cache, output_hidden_states, padded)
+        with shared_across_layers():  # positions, angles, masks: computed by the first layer, reused
+            return self._parallel_layers(hidden, mask, cache, output_hidden_states, padded)
+
+    def _parallel_layers(self, hidden, mask, cache, output_hidden_states, padded):
         lengths = mask.sum(dim=1)
         # None when every row already starts with its real tokens; without a mask (`padded` False) none can
         # be padded: no look at the mask (a host sync eagerly, a sort in a compiled graph)
