@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -126,3 +127,15 @@ def run_under_interpreter(test_file):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=root)
     print(proc.stdout[-6000:], proc.stderr[-2000:])
     assert proc.returncode == 0, proc.stdout[-6000:]
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the ATen ops dispatched inside the block (each one launch on CUDA, bar views and allocations)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))

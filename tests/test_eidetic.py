@@ -117,16 +117,7 @@ def test_store_selection_launches_do_not_grow_with_chunks():
     """Every chunk's store comes from one selection (while one block holds them): the number of ops an eager
     prefill issues for it is the same for 40 chunks as for 64 (both past the pairwise-ranking size), where
     merging chunk by chunk grew by ~20 per chunk."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class CountOps(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.count += 1
-            return func(*args, **(kwargs or {}))
+    from conftest import CountOps
 
     def ops_for(nchunks, window=8, per_chunk=2):
         scores = torch.rand(2, nchunks * window, generator=torch.Generator().manual_seed(nchunks))

@@ -6,11 +6,10 @@ but the number of launched ops."""
 import contextlib
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import bmojo
 from bmojo.modeling_bmojo import common, modeling
-from conftest import cache_of, left_padded_batch, training_step
+from conftest import CountOps, cache_of, left_padded_batch, training_step
 
 MIXERS = ["bmojo", "mamba2", "sliding_attention", "full_attention", "bmojo"]
 
@@ -19,16 +18,6 @@ def sharing(patch, on):
     """The block as shipped (on) or a no-op (off): every layer then computes its own values."""
     if not on:
         patch.setattr(modeling, "shared_across_layers", contextlib.nullcontext)
-
-
-class CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def prefill(monkeypatch, on, layers=MIXERS):
