@@ -5,6 +5,7 @@ but the number of launched ops."""
 
 import contextlib
 
+import pytest
 import torch
 
 import bmojo
@@ -74,3 +75,25 @@ def test_values_are_shared_per_lengths_tensor_and_only_inside_the_block():
                                                                                   [True] * 4]
     with common.shared_across_layers():  # a new block starts empty
         assert common.real_tokens(lengths, 6) is not real
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_checkpointed_training_step_is_the_same_with_shared_values(monkeypatch, reentrant):
+    """Under gradient checkpointing every layer's forward runs twice, the second time (in the backward)
+    outside the block; layers return the same shared zero loss. Loss and gradients equal the unshared ones."""
+    def step(on):
+        torch.manual_seed(0)
+        config = bmojo.preset_config("tiny", initializer_range=0.2, use_kernels=False,
+                                     num_hidden_layers=len(MIXERS), mixer_types=MIXERS)
+        model = bmojo.BMojoForCausalLM(config).train()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        with monkeypatch.context() as patch:
+            sharing(patch, on)
+            loss = model(**left_padded_batch()).loss
+            loss.backward()
+        return [loss.detach(), *(p.grad for p in model.parameters() if p.grad is not None)]
+
+    shared, fresh = step(True), step(False)
+    assert len(shared) == len(fresh) > 1
+    for a, b in zip(shared, fresh):
+        assert torch.equal(a, b)
