@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import _disable_current_modes, _get_current_di
 import bmojo
 from bench_model import MATCHED
 from bmojo.kernels import dispatch
-from bmojo.modeling_bmojo import attention, innovation
+from bmojo.modeling_bmojo import innovation
 from prefill_ops import CountOps, site
 
 
@@ -58,7 +58,7 @@ CALLS = {"pointwise": 0}  # calls of the pointwise dispatchers (rms_norm, gated_
 
 def force(switch, on):
     if switch == "state":
-        for module in (dispatch, innovation, attention):
+        for module in (dispatch, innovation):  # attention asks dispatch
             module.state_kernels_used = (lambda tensor, use_kernels="auto": on)
         return
 

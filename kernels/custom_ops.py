@@ -94,8 +94,10 @@ def _mutating_op(name, fn, fake, mutates):
     `custom_op`'s call passes three Python layers (an autograd wrapper, a version-bumping ADInplaceOrView
     kernel that rebuilds the argument list, a checking backend wrapper) before the body: ~150 us per call of
     an 11-argument op on this project's CPU sandbox (torch 2.13), 110-220 us on the H100/H200 hosts, where a
-    compiled 1 x 2048 prefill calls `fill_set` and `fill_ring` 60 times (~7 of its 20 ms of host time, H200,
-    2026-12-05: benchmarks/results/prefill_compiled_bmojo-matched_2048_h200_2026-12-05d.txt). Defined here,
+    compiled 1 x 2048 prefill then called `fill_set` and `fill_ring` 60 times (~7 of its 20 ms of host time,
+    H200, 2026-12-05: benchmarks/results/prefill_compiled_bmojo-matched_2048_h200_2026-12-05d.txt; compiled
+    code now traces those fills' references, `dispatch.state_writes_use_kernels`, and calls the decode
+    step's `eidetic_decode_step` this way). Defined here,
     a call is two short Python hops (~21 us there, with the autograd kernel: benchmarks/results/
     mutating_op_cost_cpu_2026-12-05d.py). That kernel runs the op below
     autograd: the state it writes never joins a graph, as with the custom_op (none has a gradient)."""

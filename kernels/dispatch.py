@@ -229,6 +229,14 @@ def state_kernels_used(tensor, use_kernels="auto"):
     return STATE_KERNELS and use_triton(tensor, use_kernels)
 
 
+def state_writes_use_kernels(tensor, use_kernels="auto"):
+    """Whether the in-place writes of the decoding state (`fill_ring_`, `fill_set_`, `push_rings_`) take the
+    Triton kernels: with the state kernels on, in eager calls only. Compiled code traces the references,
+    which Inductor writes in kernels it launches itself; there each op would be an opaque call (~120 us of
+    host time per fill, 60 fills in a compiled 12-layer prefill, H100 2026-12-05e)."""
+    return state_kernels_used(tensor, use_kernels) and not torch.compiler.is_compiling()
+
+
 def select_best(scores, pos, k, use_kernels="auto"):
     """innovation/naive.py `take_best`: (scores, pos, index, occupied) of the k best entries of each row. The
     Triton kernel returns the picked scores and positions only (index and occupied None): the prefill's
@@ -243,10 +251,8 @@ def select_best(scores, pos, k, use_kernels="auto"):
 
 def fill_ring_(ring_k, ring_v, ring_pos, k, v, lengths, use_kernels="auto"):
     """A ring's keys, values and positions after a parallel pass over k, v [B, T, Hkv, D], in place
-    (state_fill/naive.py `fill_ring_reference_`). Under torch.compile the reference, traced: Inductor writes
-    it in its own kernels, where the Triton op is an opaque call costing ~120 us of host time (H100,
-    2026-12-05e: 60 fill calls in a compiled 12-layer prefill)."""
-    if state_kernels_used(k, use_kernels) and not torch.compiler.is_compiling():
+    (state_fill/naive.py `fill_ring_reference_`; the kernel as `state_writes_use_kernels` says)."""
+    if state_writes_use_kernels(k, use_kernels):
         from .state_fill.rows import fill_ring_triton_
         return fill_ring_triton_(ring_k, ring_v, ring_pos, k, v, lengths)
     return _fill_ring_reference(ring_k, ring_v, ring_pos, k, v, lengths, use_kernels=use_kernels)
@@ -254,7 +260,7 @@ def fill_ring_(ring_k, ring_v, ring_pos, k, v, lengths, use_kernels="auto"):
 
 def fill_set_(token_set, chunk_s, chunk_p, chunk_offset, lengths, window, keys, values):
     """One eidetic set (s, p, k, v) from the per-chunk selection, in place, by the Triton kernel
-    (state_fill/rows.py `fill_set_triton_`; callers check `state_kernels_used` first: the reference is
+    (state_fill/rows.py `fill_set_triton_`; callers check `state_writes_use_kernels` first: the reference is
     `modeling_bmojo.innovation.sets_after_prefill`, which builds all three sets at once)."""
     from .state_fill.rows import fill_set_triton_
     fill_set_triton_(token_set, chunk_s, chunk_p, chunk_offset, lengths, window, keys, values)
@@ -262,8 +268,8 @@ def fill_set_(token_set, chunk_s, chunk_p, chunk_offset, lengths, window, keys, 
 
 def push_rings_(window, band, k, v, kf, vf, pos, valid):
     """One token per row into the window ring and the fading band's ring, in place, by the Triton kernel
-    (state_fill/rows.py `push_rings_triton_`; callers check `state_kernels_used` first, and use it in eager
-    steps only: a compiled step fuses the reference's writes itself)."""
+    (state_fill/rows.py `push_rings_triton_`; callers check `state_writes_use_kernels` first: a compiled
+    step fuses the reference's writes itself)."""
     from .state_fill.rows import push_rings_triton_
     push_rings_triton_(window, band, k, v, kf, vf, pos, valid)
 

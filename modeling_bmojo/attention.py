@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.dispatch import (decode_attention, eidetic_decode_step_, eidetic_kernel_used, memory_attention,
-                                push_rings_, rotate, state_kernels_used)
+                                push_rings_, rotate, state_writes_use_kernels)
 from .common import (RMSNorm, gather_last, no_loss, real_token_count, real_tokens, rope_angles,
                      sequence_angles)
 from .innovation import InnovationPredictor, fill_sets_after_prefill_, parallel_eidetic, step_sets
@@ -204,7 +204,7 @@ class BMojoMixer(Attention):
         copy_rows(state.f_last, f, valid)
         q_rot, k_rot, kf_rot = self.rotate_one(pos, q, k, kf)
         band = state.band
-        if state_kernels_used(k_rot, self.use_kernels) and not torch.compiler.is_compiling():
+        if state_writes_use_kernels(k_rot, self.use_kernels):
             ring = (state.window.k, state.window.v, state.window.pos)  # one launch for both rings (eager)
             push_rings_(ring, (band.k, band.v, band.pos), k_rot, v, kf_rot, vf, pos, valid)
         else:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..kernels.dispatch import (fill_set_, fused_on_prefill, gather_tokens_, needs_grad, select_best,
-                                state_kernels_used)
+                                state_kernels_used, state_writes_use_kernels)
 from ..kernels.innovation.naive import EMPTY, chunk_candidates, eidetic_stores, innovation_scores, merge_sets
 from .common import where_rows
 
@@ -131,10 +131,10 @@ def sets_after_prefill(lengths, window, cands, stores, keys, values):
 def fill_sets_after_prefill_(sets, lengths, window, cands, stores, keys, values, use_kernels="auto"):
     """The state's store, prev and cur sets (TokenSets, by name) := what `sets_after_prefill` gives, in place.
     With BMOJO_STATE_KERNELS=1 on CUDA one Triton launch writes each set (kernels/state_fill/rows.py);
-    otherwise, for a store that grew past its fixed size (an unbounded store), and under torch.compile (the
-    reference traced, as `fill_ring_`), the reference."""
+    otherwise (see `state_writes_use_kernels`: compiled code traces the reference), and for a store that
+    grew past its fixed size (an unbounded store), the reference."""
     fixed = stores[0].shape[2] == sets["store"].size and cands[0].shape[2] == sets["cur"].size
-    if fixed and state_kernels_used(keys, use_kernels) and not torch.compiler.is_compiling():
+    if fixed and state_writes_use_kernels(keys, use_kernels):
         sources = (("store", stores, 0), ("prev", cands, -1), ("cur", cands, 0))  # the chunk: last + offset
         for name, (chunk_s, chunk_p), offset in sources:
             if sets[name].size:

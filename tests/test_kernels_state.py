@@ -17,7 +17,7 @@ import bmojo
 from bmojo.kernels import dispatch
 from bmojo.kernels.innovation.naive import EMPTY, take_best
 from bmojo.kernels.state_fill.naive import fill_ring_reference_
-from bmojo.modeling_bmojo import attention, innovation
+from bmojo.modeling_bmojo import innovation
 from bmojo.modeling_bmojo.innovation import gather_tokens, sets_after_prefill
 from bmojo.modeling_bmojo.state import KeyValueRing, reset_states_
 from conftest import run_under_interpreter, training_step, triton_interpreter_marks
@@ -166,7 +166,7 @@ def check_push(batch, sizes, steps, heads=2, dim=8, dtype=torch.float32, seed=0)
 def forced(monkeypatch, on):
     """BMOJO_STATE_KERNELS as if set (on) or not, whatever the device: every module's view of the switch."""
     switch = (lambda tensor, use_kernels="auto": on)
-    for module in (dispatch, innovation, attention):
+    for module in (dispatch, innovation):  # attention asks dispatch
         monkeypatch.setattr(module, "state_kernels_used", switch)
 
 
