@@ -29,6 +29,22 @@ VIEWS = {"view", "unsqueeze", "permute", "expand", "select", "slice", "t", "_uns
          "split", "transpose", "split_with_sizes", "squeeze", "unbind", "as_strided", "lift_fresh"}
 
 
+def force_triton_path():
+    """Every bmojo module takes its Triton path on any device (`use_triton` answers by `use_kernels` alone):
+    under TRITON_INTERPRET=1 a CPU then runs, counts or times what a GPU would launch. Call it once bmojo is
+    imported: it rebinds the name in every module that imported the dispatcher's function."""
+    from bmojo.kernels import dispatch
+    original = dispatch.use_triton
+
+    def use_triton(tensor, use_kernels):
+        return use_kernels is not False
+
+    for module in list(sys.modules.values()):
+        ours = getattr(module, "__name__", "").startswith("bmojo")
+        if ours and getattr(module, "use_triton", None) is original:
+            module.use_triton = use_triton
+
+
 def site(stack, inner):
     """The innermost frame of this repository (inner) or the line of a mixer's forward that led to the op."""
     frames = [f for f in stack if os.path.realpath(f.filename).startswith(ROOT) and not any(

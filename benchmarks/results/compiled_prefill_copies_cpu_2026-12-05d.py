@@ -10,14 +10,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch, bmojo
 from torch.profiler import profile, ProfilerActivity
 from bench_model import MATCHED
-from bmojo.kernels import dispatch
-original = dispatch.use_triton
-def use_triton(tensor, use_kernels):
-    return use_kernels is not False
-for module in list(sys.modules.values()):
-    name = getattr(module, "__name__", "")
-    if name.startswith("bmojo") and getattr(module, "use_triton", None) is original:
-        module.use_triton = use_triton
+from prefill_ops import force_triton_path
+force_triton_path()
 torch.manual_seed(0)
 layers = int(os.environ.get("LAYERS", "2"))
 config = bmojo.preset_config("bmojo-130m", **dict(MATCHED, num_hidden_layers=layers, hidden_size=64,

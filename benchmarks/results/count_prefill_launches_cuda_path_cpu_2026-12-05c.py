@@ -15,8 +15,7 @@ from triton.runtime import interpreter
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 import bmojo
 from bench_model import MATCHED
-from bmojo.kernels import dispatch
-from prefill_ops import CountOps, site
+from prefill_ops import CountOps, force_triton_path, site
 ACTIVE = {}
 def call(self, *args, **kwargs):
     counter = ACTIVE.get("c")
@@ -26,13 +25,7 @@ def call(self, *args, **kwargs):
         counter.ops[key]["triton " + self.fn.__name__] += 1
     return None
 interpreter.GridExecutor.__call__ = call
-original = dispatch.use_triton
-def use_triton(tensor, use_kernels):
-    return use_kernels is not False
-for module in list(sys.modules.values()):
-    name = getattr(module, "__name__", "")
-    if name.startswith("bmojo") and getattr(module, "use_triton", None) is original:
-        module.use_triton = use_triton
+force_triton_path()
 torch.manual_seed(0)
 L = int(sys.argv[1]) if len(sys.argv) > 1 else 2048
 layers = int(os.environ.get("LAYERS", "1"))

@@ -21,19 +21,10 @@ from triton.runtime import interpreter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
 import bmojo  # noqa: E402
 from bench_model import MATCHED  # noqa: E402
-from bmojo.kernels import dispatch  # noqa: E402
+from prefill_ops import force_triton_path  # noqa: E402
 
 interpreter.GridExecutor.__call__ = lambda self, *args, **kwargs: None  # launch nothing
-original = dispatch.use_triton
-
-
-def use_triton(tensor, use_kernels):
-    return use_kernels is not False and dispatch.triton_available()
-
-
-for module in list(sys.modules.values()):  # every module that imported the dispatcher's function
-    if getattr(module, "__name__", "").startswith("bmojo") and getattr(module, "use_triton", None) is original:
-        module.use_triton = use_triton
+force_triton_path()
 
 layers, what = int(sys.argv[1]), sys.argv[2]
 torch.manual_seed(0)
